@@ -1,0 +1,3 @@
+from udaseg.cli import main
+
+raise SystemExit(main())

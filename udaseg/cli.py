@@ -1,0 +1,70 @@
+"""The `udaseg` command line.
+
+Each subcommand lives in `udaseg/commands/<module>.py` with two functions:
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their command
+runs, so `udaseg --help` stays fast. Errors caused by the input (`UdasegError`) are printed as
+one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from udaseg import __version__
+from udaseg.errors import UdasegError
+
+# name -> (module under udaseg.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "toy benchmark: train source-only and target-oracle models, compare them"),
+    "train": ("train", "train a method from a config (resumable, DDP under torchrun)"),
+    "eval": ("evaluate", "score a checkpoint or released weights on the target val split"),
+    "predict": ("predict", "label images in a folder or list: label, colour and overlay PNGs"),
+    "score": ("score", "score a folder of prediction PNGs against Cityscapes-layout ground truth"),
+    "make-toy": (
+        "make_toy",
+        "write the embedded toy benchmark (GTA5/SYNTHIA + Cityscapes layouts)",
+    ),
+    "print-config": ("print_config", "print a config with its parents and overrides resolved"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="udaseg",
+        description="Unsupervised domain adaptation for semantic segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"udaseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        # Arguments are added lazily (below) so that only the chosen command is imported.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / version / the unknown-command error
+        parser.print_help()
+        return 0 if args.command is None and not argv else 2
+    name = argv[0]
+    module = importlib.import_module(f"udaseg.commands.{COMMANDS[name][0]}")
+    sub = argparse.ArgumentParser(prog=f"udaseg {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UdasegError as error:
+        print(f"udaseg {name}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"udaseg {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""UDA methods; importing this registers them in METHODS."""

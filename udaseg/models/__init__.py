@@ -1,0 +1,1 @@
+"""Segmentors, backbones, discriminators and weight loading; importing registers MODELS."""
