@@ -1,0 +1,1 @@
+"""Datasets, label spaces, transforms and loaders."""

@@ -1,0 +1,417 @@
+"""The common part of every dataset reader: config fields, pairing checks, sample assembly.
+
+A reader subclasses `SegmentationDataset`, lists its files (`list_samples`), names the mapping
+of its raw label values (`raw_mapping`) and, if its labels are not plain label images, how to
+read them (`read_raw_label`). The base class does the rest:
+
+- at construction: checks the root, lists the samples, checks that every image of a labelled
+  role has its label file (listing directories only, no file is opened);
+- per sample: reads the image and, for labelled roles, the label; maps raw values to train ids
+  of the requested label space; applies the augmentation with a generator seeded per sample.
+
+`role="target"` never opens, nor requires, any label file: the target training set is read
+without labels, whatever the layout provides.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from udaseg.data.io import read_image, read_label
+from udaseg.data.label_spaces import LabelMapping, LabelSpace, get_label_space
+from udaseg.data.transforms import EvalTransform, Size, TrainTransform, resize_label
+from udaseg.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("source", "target", "val")
+AUGMENTATION_KEYS = ("resize", "random_scale", "crop", "flip")
+
+
+@dataclass
+class DatasetConfig:
+    """Fields every dataset kind has (`data.source`, `data.target`, `data.val`).
+
+    Augmentation is applied in this order: resize, random scale, crop, flip. Validation sets
+    must leave all four unset (their size is `eval.input_size`).
+    """
+
+    kind: str  # the dataset kind, a name in udaseg.registry.DATASETS
+    root: str = ""  # the dataset's root folder (required; checked by validate)
+    split: str = "train"  # the split folder, where the layout has one
+    # A text file of image names, one a line, in the papers' list-file format for the kind;
+    # a relative path is looked up as given, then under `root`. None = every image of the split.
+    list_file: str | None = None
+    resize: tuple[int, int] | None = None  # (height, width); image bicubic, label nearest
+    random_scale: tuple[float, float] | None = None  # factor range applied after resize
+    crop: tuple[int, int] | None = None  # random (height, width) crop; pads image 0, label void
+    flip: bool = False  # horizontal flip with probability 0.5
+
+    def validate(self) -> None:
+        for key in ("resize", "crop"):
+            size = getattr(self, key)
+            if size is not None and min(size) < 1:
+                raise ConfigError(f"{key}: expected a positive (height, width), got {list(size)}")
+        if self.random_scale is not None:
+            low, high = self.random_scale
+            if not 0 < low <= high:
+                raise ConfigError(
+                    f"random_scale: expected 0 < low <= high, got {list(self.random_scale)}"
+                )
+        if not self.root:
+            raise ConfigError("root: the dataset root folder is required")
+
+
+@dataclass
+class UnsplitDatasetConfig(DatasetConfig):
+    """A dataset without official splits (GTA5, SYNTHIA, user folders): a list file selects."""
+
+    split: str = "all"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.split != "all" and self.list_file is None:
+            raise ConfigError(
+                f"split: {self.kind} has no official splits, so only `all` is valid "
+                f"(got {self.split!r}); choose images with `list_file`"
+            )
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """The files of one sample. `label` may name a file that does not exist (target role)."""
+
+    name: str  # file stem, or the path relative to the image folder without extension
+    image: Path
+    label: Path | None
+
+
+class SegmentationDataset(Dataset):
+    """Base class of dataset readers.
+
+    A sample is `{"image": uint8 [3, H, W], "label": int64 [H, W] (labelled roles only),
+    "name": str, "index": int}`. `dataset[i]` and `dataset[(i, seed)]` both work: `seed` seeds
+    the `np.random.Generator` of that sample's augmentation; `dataset[i]` uses seed `i`.
+
+    Attributes:
+        config: the dataset config.
+        label_space: the space labels are mapped into.
+        role: "source", "target" or "val".
+        labelled: whether samples carry labels (every role but "target").
+        mapping: raw label values -> train ids of `label_space` (None when unlabelled).
+        samples: the files of each sample, in a fixed (sorted or list-file) order.
+        resized_labels: names of samples whose label was resized to its image's size, in this
+            process (GTA5 only; data-loading workers keep their own sets).
+    """
+
+    Config: ClassVar[type] = DatasetConfig
+    # Shown in messages, e.g. "GTA5".
+    display_name: ClassVar[str] = "dataset"
+    # The expected layout, for the missing-root message, e.g. "images/00001.png and ...".
+    layout: ClassVar[str] = ""
+    # GTA5 has a few labels whose size differs from their image's (REFERENCE §7.13); other
+    # layouts treat that as a corrupt file.
+    resizes_mismatched_labels: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        config: DatasetConfig,
+        label_space: LabelSpace,
+        role: str = "source",
+        image_size: Size | None = None,
+        label_size: Size | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self.config = config
+        self.label_space = label_space
+        self.role = role
+        self.labelled = role != "target"
+        self.root = Path(config.root).expanduser()
+        self.transform = self._build_transform(image_size, label_size)
+        self._directory_listings: dict[Path, set[str]] = {}
+        if not self.root.is_dir():
+            raise self.layout_error(f"{self.display_name} root not found")
+        self.mapping: LabelMapping | None = (
+            self.raw_mapping().into(label_space) if self.labelled else None
+        )
+        self.samples: list[SampleFiles] = self.list_samples()
+        if not self.samples:
+            if config.list_file is not None:
+                raise DataError(f"{self.resolve(config.list_file)}: the list file names no images")
+            raise self.layout_error(f"no {self.display_name} images found")
+        if self.labelled:
+            self._check_labels_exist()
+        self._directory_listings.clear()  # only needed while building; workers get a copy
+        self.resized_labels: set[str] = set()
+
+    # --- What subclasses provide -------------------------------------------------------------
+
+    def list_samples(self) -> list[SampleFiles]:
+        """The samples, from `config.list_file` when set, else by listing the layout."""
+        raise NotImplementedError
+
+    def raw_mapping(self) -> LabelMapping:
+        """The mapping of this layout's raw label values (before `.into(label_space)`)."""
+        raise NotImplementedError
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        """Read the raw label values [H, W] of one label file."""
+        return read_label(path)
+
+    # --- Helpers for subclasses --------------------------------------------------------------
+
+    def layout_error(self, problem: str, where: Path | None = None) -> DataError:
+        """A one-line DataError naming the folder, the problem and the expected layout."""
+        return DataError(f"{where or self.config.root}: {problem}; expected {self.layout}")
+
+    def require_directory(self, directory: Path) -> None:
+        if not directory.is_dir():
+            relative = _relative_to(directory, self.root)
+            raise self.layout_error(f"no {relative} folder", where=self.root)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config: as given when it exists or is absolute, else under root."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or candidate.exists():
+            return candidate
+        return self.root / candidate
+
+    def read_list_file(self) -> list[tuple[int, str]]:
+        """The entries of `config.list_file` as (line number, first field) pairs.
+
+        Blank lines and lines starting with '#' are skipped; only the first whitespace-separated
+        field is kept (some list files add a label path after the image's).
+        """
+        assert self.config.list_file is not None
+        path = self.resolve(self.config.list_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"{self.config.list_file}: list file not found") from None
+        except (OSError, UnicodeDecodeError) as error:
+            reason = " ".join(str(error).split())
+            raise DataError(f"{path}: cannot read list file ({reason})") from None
+        entries = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                entries.append((line_number, stripped.split()[0]))
+        return entries
+
+    def list_file_error(self, line_number: int, problem: str) -> DataError:
+        path = self.resolve(self.config.list_file or "")
+        return DataError(f"{path} line {line_number}: {problem}")
+
+    def check_listed_image(self, line_number: int, entry: str, image: Path) -> None:
+        """Fail with the list file's name and line when the image it names does not exist."""
+        if not self.file_exists(image):
+            raise self.list_file_error(line_number, f"{entry} not found (looked for {image})")
+
+    def file_exists(self, path: Path) -> bool:
+        """Whether `path` is a file, from a cached listing of its folder (one listing each)."""
+        directory = path.parent
+        listing = self._directory_listings.get(directory)
+        if listing is None:
+            try:
+                with os.scandir(directory) as entries:
+                    listing = {entry.name for entry in entries if entry.is_file()}
+            except OSError:
+                listing = set()
+            self._directory_listings[directory] = listing
+        return path.name in listing
+
+    # --- Building ----------------------------------------------------------------------------
+
+    def _build_transform(
+        self, image_size: Size | None, label_size: Size | None
+    ) -> TrainTransform | EvalTransform:
+        augmentation = [
+            key for key in AUGMENTATION_KEYS if getattr(self.config, key) not in (None, False)
+        ]
+        if self.role == "val" and augmentation:
+            raise ConfigError(
+                f"data.val.{augmentation[0]}: a validation set takes no training augmentation; "
+                "leave it unset and use eval.input_size to resize validation images"
+            )
+        if self.role == "val" or image_size is not None or label_size is not None:
+            if augmentation:
+                raise ValueError(
+                    f"image_size/label_size replace the augmentation of data.{self.role}, "
+                    f"which sets {augmentation[0]}"
+                )
+            return EvalTransform(image_size=image_size, label_size=label_size)
+        return TrainTransform(
+            resize=self.config.resize,
+            random_scale=self.config.random_scale,
+            crop=self.config.crop,
+            flip=self.config.flip,
+            ignore_index=self.label_space.ignore_index,
+        )
+
+    def _check_labels_exist(self) -> None:
+        for sample in self.samples:
+            if sample.label is None or not self.file_exists(sample.label):
+                expected = "" if sample.label is None else f" (expected {sample.label})"
+                raise DataError(f"{sample.image}: image has no label file{expected}")
+
+    # --- Reading -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def names(self) -> list[str]:
+        return [sample.name for sample in self.samples]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """One sample; `key` is an index or an (index, augmentation seed) pair.
+
+        Returns:
+            {"image": uint8 [3, H, W], "label": int64 [H, W] (labelled roles only),
+             "name": str, "index": int}
+        """
+        if isinstance(key, tuple):
+            index, seed = operator.index(key[0]), operator.index(key[1])
+        else:
+            index = seed = operator.index(key)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        files = self.samples[index]
+        image = read_image(files.image)
+        label = None
+        if self.labelled:
+            assert files.label is not None and self.mapping is not None
+            raw = self.read_raw_label(files.label)
+            raw = self._match_image_size(raw, image, files)
+            label = self.mapping.apply(raw, source=str(files.label))
+        # SeedSequence needs a non-negative entropy; wrap negative seeds instead of failing.
+        generator = np.random.default_rng(seed % 2**64)
+        image, label = self.transform(image, label, generator)
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "name": files.name,
+            "index": index,
+        }
+        if label is not None:
+            sample["label"] = torch.from_numpy(label.astype(np.int64))
+        return sample
+
+    def _match_image_size(
+        self, raw: np.ndarray, image: np.ndarray, files: SampleFiles
+    ) -> np.ndarray:
+        image_size = image.shape[:2]
+        if raw.shape == image_size:
+            return raw
+        if not self.resizes_mismatched_labels:
+            raise DataError(
+                f"{files.label}: label size {raw.shape[0]}x{raw.shape[1]} differs from its "
+                f"image's {image_size[0]}x{image_size[1]} ({files.image})"
+            )
+        if not self.resized_labels:
+            logger.warning(
+                "%s %s: label size %dx%d differs from the image's %dx%d; such labels are "
+                "resized with nearest interpolation (see dataset.find_size_mismatches())",
+                self.display_name,
+                files.name,
+                raw.shape[0],
+                raw.shape[1],
+                image_size[0],
+                image_size[1],
+            )
+        self.resized_labels.add(files.name)
+        return resize_label(raw, image_size)
+
+    def find_size_mismatches(self) -> list[str]:
+        """Names of samples whose label size differs from the image size.
+
+        Reads only the file headers of every image and label (a few seconds for GTA5).
+        """
+        if not self.labelled:
+            return []
+        mismatched = []
+        for files in self.samples:
+            assert files.label is not None
+            if _header_size(files.image) != _header_size(files.label):
+                mismatched.append(files.name)
+        return mismatched
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.config.split!r}, "
+            f"role={self.role!r}, samples={len(self)})"
+        )
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(height, width) from an image file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{path}: cannot read image header ({error})") from None
+    return height, width
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def identity_mapping(label_space: LabelSpace) -> LabelMapping:
+    """Label files that already hold train ids of `label_space` (void = its ignore index)."""
+    table = {train_id: train_id for train_id in range(label_space.num_classes)}
+    table[label_space.ignore_index] = label_space.ignore_index
+    return LabelMapping(name=f"{label_space.name}-trainIds", label_space=label_space, table=table)
+
+
+def build_dataset(
+    config: DatasetConfig | dict,
+    label_space: LabelSpace | str,
+    role: str,
+    image_size: Size | None = None,
+    label_size: Size | None = None,
+) -> SegmentationDataset:
+    """Build the dataset a config section describes.
+
+    Args:
+        config: a validated dataset config (`data.source` etc.), or a plain dict validated here.
+        label_space: the space labels are mapped into, or its name.
+        role: "source" (labelled, augmented), "target" (no labels: label files are never
+            opened) or "val" (labelled, no augmentation allowed).
+        image_size: (height, width) images are resized to (bicubic); for "val" (and unlabelled
+            prediction sets) only, as it replaces the config's augmentation.
+        label_size: (height, width) labels are resized to (nearest); None keeps them native.
+    Returns:
+        the dataset; samples as described in `SegmentationDataset`.
+    """
+    from udaseg.config import build_section
+    from udaseg.registry import DATASETS
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if isinstance(config, dict):
+        config = build_section("datasets", "kind", config, f"data.{role}")
+    if isinstance(label_space, str):
+        label_space = get_label_space(label_space)
+    dataset_class = DATASETS.get(config.kind)
+    if not isinstance(config, dataset_class.Config):
+        raise ValueError(
+            f"config of type {type(config).__name__} does not fit dataset kind {config.kind!r}"
+        )
+    return dataset_class(
+        config, label_space, role=role, image_size=image_size, label_size=label_size
+    )
