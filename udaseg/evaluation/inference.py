@@ -1,0 +1,177 @@
+"""Turning images into full-resolution logits: whole-image or sliding-window, optional flip.
+
+One function serves evaluation, `udaseg predict` and pseudo-labelling, so the three always
+see the same predictions. It knows nothing about models: `forward` is any callable mapping
+float images [B, 3, h, w] (RGB 0..255) to logits [B, C, h', w'] at any resolution (DeepLabV2
+gives stride-8 logits); a dict with a "logits" entry (a segmentor's output) is accepted too.
+
+The papers' protocol (REFERENCE §5.2): a 1024x512 input, logits bilinearly upsampled with
+align_corners=True to the 2048x1024 label, argmax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from udaseg.errors import ConfigError
+
+Forward = Callable[[torch.Tensor], Any]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    height, width = (int(v) for v in value)
+    if height < 1 or width < 1:
+        raise ConfigError(f"{name} must be positive (height, width), got {list(value)}")
+    return height, width
+
+
+def resize_images(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bicubic, antialiased resize of float images, clamped to 0..255.
+
+    Args:
+        images: float [B, 3, H, W] in 0..255.
+        size: (height, width).
+    Returns:
+        float [B, 3, height, width]; the input itself if it already has that size.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+    # Bicubic overshoots at edges; the model was trained on 0..255 pixels.
+    return resized.clamp_(0.0, 255.0)
+
+
+def resize_logits(
+    logits: torch.Tensor, size: Sequence[int], align_corners: bool = True
+) -> torch.Tensor:
+    """Bilinear resize of logits [B, C, h, w] to [B, C, *size] (no-op at that size)."""
+    size = tuple(int(s) for s in size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def _call(forward: Forward, images: torch.Tensor) -> torch.Tensor:
+    output = forward(images)
+    if isinstance(output, Mapping):
+        output = output["logits"]
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        raise ValueError("forward must return logits [B, C, h, w] (or a dict with 'logits')")
+    return output.float()
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Top/left offsets of windows covering 0..length; the last one is flush with the end."""
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / stride) + 1
+    return [min(index * stride, length - window) for index in range(count)]
+
+
+def _slide(
+    forward: Forward,
+    images: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    align_corners: bool,
+) -> torch.Tensor:
+    """Sliding-window logits at the image's resolution.
+
+    Args:
+        images: float [B, 3, H, W].
+    Returns:
+        float [B, C, H, W]: per pixel, the mean of the (upsampled) logits of the windows
+        covering it.
+    """
+    batch, _, height, width = images.shape
+    window_height, window_width = window
+    # Images smaller than the window are padded (bottom/right, zeros as mmseg pads test
+    # images) so that every forward sees the window size the model was trained on.
+    pad_height = max(window_height - height, 0)
+    pad_width = max(window_width - width, 0)
+    if pad_height or pad_width:
+        images = F.pad(images, (0, pad_width, 0, pad_height))
+    padded_height, padded_width = images.shape[-2:]
+
+    total: torch.Tensor | None = None
+    count = images.new_zeros(1, 1, padded_height, padded_width)
+    for top in _window_starts(padded_height, window_height, stride[0]):
+        for left in _window_starts(padded_width, window_width, stride[1]):
+            crop = images[..., top : top + window_height, left : left + window_width]
+            logits = resize_logits(
+                _call(forward, crop), (window_height, window_width), align_corners
+            )
+            if total is None:
+                total = images.new_zeros(batch, logits.shape[1], padded_height, padded_width)
+            total[..., top : top + window_height, left : left + window_width] += logits
+            count[..., top : top + window_height, left : left + window_width] += 1
+    assert total is not None
+    return (total / count)[..., :height, :width]
+
+
+def predict_logits(
+    forward: Forward,
+    images: torch.Tensor,
+    output_size: Sequence[int],
+    input_size: Sequence[int] | None = None,
+    mode: str = "whole",
+    window: Sequence[int] = (512, 512),
+    stride: Sequence[int] = (341, 341),
+    flip: bool = False,
+    align_corners: bool = True,
+) -> torch.Tensor:
+    """Logits of `forward` for a batch, at `output_size`.
+
+    Args:
+        forward: callable, float images [B, 3, h, w] -> logits [B, C, h', w'] (or a dict with
+            "logits"). Called under whatever grad mode the caller set.
+        images: [B, 3, H, W] RGB 0..255, any dtype (converted to float).
+        output_size: (height, width) of the returned logits, usually the label's.
+        input_size: (height, width) the images are first resized to (bicubic, antialiased);
+            None keeps them as they are.
+        mode: "whole" (one forward per image) or "slide" (windows of `window` every `stride`,
+            logits averaged where windows overlap).
+        window, stride: slide mode, (height, width).
+        flip: also predict the horizontally mirrored images and average the logits.
+        align_corners: of the bilinear logit upsampling (True: AdaptSegNet/ADVENT/BDL;
+            False: mmseg-based repos).
+    Returns:
+        float logits [B, C, output_height, output_width].
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+    if mode not in ("whole", "slide"):
+        raise ConfigError(f"eval.mode must be 'whole' or 'slide', got {mode!r}")
+    images = images.float()
+    if input_size is not None:
+        images = resize_images(images, _pair(input_size, "eval.input_size"))
+    batch = images.shape[0]
+    if flip:
+        # One forward over both views; BN is in eval mode at test time, so batching is exact.
+        images = torch.cat([images, images.flip(-1)])
+
+    if mode == "whole":
+        logits = _call(forward, images)
+    else:
+        window_pair = _pair(window, "eval.window")
+        stride_pair = _pair(stride, "eval.stride")
+        if stride_pair[0] > window_pair[0] or stride_pair[1] > window_pair[1]:
+            raise ConfigError(
+                f"eval.stride {list(stride_pair)} is larger than eval.window {list(window_pair)}: "
+                "pixels between windows would get no prediction"
+            )
+        logits = _slide(forward, images, window_pair, stride_pair, align_corners)
+
+    if flip:
+        # Averaging before upsampling equals averaging after it: bilinear resizing is linear
+        # and commutes with a horizontal flip, and this way costs less memory.
+        logits = (logits[:batch] + logits[batch:].flip(-1)) / 2
+    return resize_logits(logits, _pair(output_size, "output_size"), align_corners)
