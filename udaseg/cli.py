@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"udaseg.commands.{COMMANDS[name][0]}")
     sub = argparse.ArgumentParser(prog=f"udaseg {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    # Intermixed: overrides may follow options (`udaseg train cfg.yaml --resume a.b=1`).
+    args = sub.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UdasegError as error:

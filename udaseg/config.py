@@ -46,7 +46,7 @@ def polymorphic(registry: str, key: str, default: str | None) -> Any:
         key: the discriminator key in the section, "name" or "kind".
         default: the entry used when the section is absent; None makes the section optional.
     """
-    metadata = {"registry": registry, "key": key}
+    metadata = {"registry": registry, "key": key, "default": default}
     if default is None:
         return field(default=None, metadata=metadata)
     return field(
@@ -216,10 +216,14 @@ def from_dict(cls: type, data: Any, path: str = "", label: str | None = None) ->
         spec = fields[name]
         key_path = _join(path, name)
         if "registry" in spec.metadata:
+            meta = spec.metadata
+            if isinstance(value, dict) and meta["key"] not in value and meta["default"] is not None:
+                # `model.width=8` alone refines the default model rather than naming none.
+                value = {meta["key"]: meta["default"], **value}
             values[name] = (
                 None
                 if value is None
-                else build_section(spec.metadata["registry"], spec.metadata["key"], value, key_path)
+                else build_section(meta["registry"], meta["key"], value, key_path)
             )
         else:
             values[name] = _convert(hints[name], value, key_path)
@@ -293,7 +297,7 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"config key {path}: expected an integer, got {value!r}")
         if isinstance(value, str):
-            value = _parse_number(value, path)
+            value = _parse_number(value, path, "an integer")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int):
@@ -304,7 +308,7 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"config key {path}: expected a number, got {value!r}")
         if isinstance(value, str):
             # PyYAML reads `1e-4` (no dot) as a string: accept it as the number it means.
-            value = _parse_number(value, path)
+            value = _parse_number(value, path, "a number")
         if not isinstance(value, int | float):
             raise ConfigError(f"config key {path}: expected a number, got {value!r}")
         return float(value)
@@ -315,11 +319,11 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
     raise TypeError(f"config key {path}: unsupported annotation {annotation!r}")
 
 
-def _parse_number(text: str, path: str) -> float:
+def _parse_number(text: str, path: str, expected: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"config key {path}: expected a number, got {text!r}") from None
+        raise ConfigError(f"config key {path}: expected {expected}, got {text!r}") from None
 
 
 def to_dict(config: Any) -> Any:

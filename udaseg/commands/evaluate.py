@@ -1,0 +1,71 @@
+"""`udaseg eval (--checkpoint CKPT | CONFIG --weights FILE) [key=value ...] [--json FILE]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from udaseg.engine.distributed import init_distributed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", nargs="?", help="config naming the model and data (with --weights)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.val.root=..."
+    )
+    parser.add_argument("--checkpoint", help="a udaseg checkpoint (its config is used)")
+    parser.add_argument(
+        "--weights", help="released weights in the original repositories' key layout"
+    )
+    parser.add_argument("--json", help="write the result as JSON here")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from udaseg.data.datasets import build_dataset
+    from udaseg.data.loaders import eval_loader
+    from udaseg.engine.loading import load_for_inference
+    from udaseg.errors import ConfigError
+    from udaseg.evaluation.evaluate import evaluate
+    from udaseg.evaluation.report import format_table, write_json
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path:  # `udaseg eval --checkpoint X key=value`
+        overrides.insert(0, config_path)
+        config_path = None
+    context = init_distributed(args.device)
+    loaded = load_for_inference(
+        args.checkpoint, config_path, args.weights, overrides, context.device
+    )
+    config = loaded.config
+    if config.data.val is None:
+        raise ConfigError("config key data.val: missing; set it to the labelled target val set")
+    dataset = build_dataset(
+        config.data.val, loaded.label_space, "val", image_size=config.eval.input_size
+    )
+    loader = eval_loader(
+        dataset, config.eval.batch_size, context.rank, context.world_size, config.data.num_workers
+    )
+    started = time.time()
+    result = evaluate(
+        loaded.method.predict,
+        loader,
+        loaded.label_space,
+        config.eval,
+        context.device,
+        progress=True,
+    )
+    result.protocol["weights"] = loaded.description
+    if context.is_main:
+        print(format_table({config.method.name: result}))
+        print(
+            f"{result.num_images} images in {time.time() - started:.1f} s; weights: {loaded.description}",
+            file=sys.stderr,
+        )
+        if args.json:
+            write_json(args.json, result)
+    return 0

@@ -1,0 +1,123 @@
+"""The method contract: what a UDA method tells the engine.
+
+A method says which losses to compute on a source batch and a target batch. The engine owns the
+loop, optimizers and schedules, mixed precision, checkpoints, distributed training and logging.
+
+- `trainable_modules()`: `{"segmentor": ..., "discriminator": ...}`; the engine builds one
+  optimizer per entry from `optim.<name>`, all-reduces its gradients under torchrun and
+  checkpoints it.
+- `extra_modules()`: teachers (EMA or frozen) and other networks that are checkpointed but never
+  optimised.
+- `training_step(batch, ctx)`: runs the forwards and calls `ctx.backward(loss)` as often as it
+  needs; returns detached scalars for logging (and optionally `"visuals"`).
+- `after_optimizer_step(ctx)`: EMA updates and the like.
+- `predict(images)`: the logits of the network that is evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from udaseg.data.label_spaces import LabelSpace
+
+
+class StepContext(Protocol):
+    """What the engine hands a method at each step (see engine/trainer.py)."""
+
+    step: int  # optimizer step being computed, 0-based
+    total_steps: int
+    progress: float  # step / total_steps, in [0, 1)
+    wants_visuals: bool  # return images under "visuals" this step
+    device: torch.device
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` (scaled for fp16 and for gradient accumulation)."""
+
+
+class Method:
+    """Base class of every method; subclasses set `Config` and implement `training_step`."""
+
+    Config: ClassVar[type]
+    # Whether the engine loads target training batches (unlabelled) for this method.
+    uses_target: ClassVar[bool] = True
+
+    def __init__(self, config: Any, segmentor: nn.Module, label_space: LabelSpace) -> None:
+        self.config = config
+        self.segmentor = segmentor
+        self.label_space = label_space
+
+    # --- what the engine needs -------------------------------------------------------------
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"segmentor": self.segmentor}
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Called once per step after every optimizer stepped."""
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the evaluated network.
+
+        Args:
+            images: float [B, 3, H, W], RGB in 0..255.
+        Returns:
+            logits [B, C, h, w] at the network's output resolution.
+        """
+        return self.segmentor(images)["logits"]
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-module state to checkpoint (tensors, numbers, strings): memory banks etc."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no extra state to load")
+
+    # --- conveniences ------------------------------------------------------------------------
+
+    def all_modules(self) -> dict[str, nn.Module]:
+        return {**self.trainable_modules(), **self.extra_modules()}
+
+    def train(self, mode: bool = True) -> Method:
+        for module in self.trainable_modules().values():
+            module.train(mode)
+        # Teachers stay in eval mode: they only ever produce targets.
+        for module in self.extra_modules().values():
+            module.eval()
+        return self
+
+    def to(self, device: torch.device, memory_format: torch.memory_format | None = None) -> Method:
+        for module in self.all_modules().values():
+            module.to(device)
+            if memory_format is not None:
+                module.to(memory_format=memory_format)
+        return self
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Forward through `module` without accumulating gradients into its parameters.
+
+    Gradients still flow through it to its input: AdaptSegNet's generator loss backpropagates
+    the adversarial term through the discriminator into the segmentor, but must not update
+    the discriminator.
+    """
+    flags = [(parameter, parameter.requires_grad) for parameter in module.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
