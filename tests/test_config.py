@@ -30,7 +30,6 @@ def test_defaults_validate() -> None:
     assert isinstance(config, Config)
     assert config.method.name == "source_only"
     assert config.optim["segmentor"].name == "sgd"
-    assert config.optim["discriminator"].betas == (0.9, 0.99)
 
 
 def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
@@ -45,7 +44,7 @@ def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
 
 def test_unknown_method_key_names_the_method(tmp_path: Path) -> None:
     path = write(tmp_path / "a.yaml", "method:\n  name: source_only\n  lambda_adv: 0.1\n")
-    with pytest.raises(ConfigError, match=r"method.lambda_adv.*source_only.*lambda_aux"):
+    with pytest.raises(ConfigError, match=r"method.lambda_adv.*source_only.*lambda_seg_aux"):
         load_config(path)
 
 

@@ -107,13 +107,9 @@ class OptimizerConfig:
 
 
 def _default_optimizers() -> dict[str, OptimizerConfig]:
-    # The papers' defaults: SGD for the segmentor, Adam 1e-4 (0.9, 0.99) for discriminators.
-    return {
-        "segmentor": OptimizerConfig(),
-        "discriminator": OptimizerConfig(
-            name="adam", lr=1e-4, weight_decay=0.0, head_lr_multiplier=1.0
-        ),
-    }
+    # The segmentor's: SGD as the DeepLabV2 papers. A method's other modules (discriminators...)
+    # take the method's `default_optimizers` unless the config sets `optim.<name>`.
+    return {"segmentor": OptimizerConfig()}
 
 
 @dataclass

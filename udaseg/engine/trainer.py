@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from udaseg.config import Config, config_from_dict, dump_yaml, to_dict
+from udaseg.config import Config, OptimizerConfig, config_from_dict, dump_yaml, from_dict, to_dict
 from udaseg.data.datasets import build_dataset
 from udaseg.data.label_spaces import LabelSpace, get_label_space
 from udaseg.data.loaders import TrainStream, eval_loader
@@ -147,13 +147,14 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     memory_format = torch.channels_last if config.train.channels_last else None
     method.to(context.device, memory_format)
     trainable = method.trainable_modules()
-    missing = [name for name in trainable if name not in config.optim]
+    optimizer_configs = _optimizer_configs(config, method_class, trainable)
+    missing = [name for name in trainable if name not in optimizer_configs]
     if missing:
         raise ConfigError(
             f"config key optim.{missing[0]}: missing; method {config.method.name!r} trains {', '.join(trainable)}"
         )
     optimizers = {
-        name: build_optimizer(module, config.optim[name], name)
+        name: build_optimizer(module, optimizer_configs[name], name)
         for name, module in trainable.items()
     }
     scaler = torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16")
@@ -189,7 +190,7 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
         # Learning rates for this step (poly decay keeps the head's 10x ratio).
         factor = lr_factor(step, config.schedule, steps)
         for name, optimizer in optimizers.items():
-            set_learning_rates(optimizer, config.optim[name].lr, factor)
+            set_learning_rates(optimizer, optimizer_configs[name].lr, factor)
         # The RNG state of a step is a function of (seed, rank, step): resume is exact without
         # replaying earlier steps.
         _seed_step(config.seed, context.rank, step)
@@ -335,6 +336,21 @@ def _seed_everything(seed: int, rank: int, deterministic: bool, device: torch.de
 def _seed_step(seed: int, rank: int, step: int) -> None:
     state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _optimizer_configs(
+    config: Config, method_class: type, trainable: dict
+) -> dict[str, OptimizerConfig]:
+    """`optim.<name>` from the config, else the method's paper default for that module."""
+    chosen = {}
+    for name in trainable:
+        if name in config.optim:
+            chosen[name] = config.optim[name]
+        elif name in method_class.default_optimizers:
+            chosen[name] = from_dict(
+                OptimizerConfig, dict(method_class.default_optimizers[name]), f"optim.{name}"
+            )
+    return chosen
 
 
 def _build_segmentor(

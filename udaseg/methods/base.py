@@ -45,6 +45,10 @@ class Method:
     Config: ClassVar[type]
     # Whether the engine loads target training batches (unlabelled) for this method.
     uses_target: ClassVar[bool] = True
+    # Optimizer settings (fields of config.OptimizerConfig) for trainable modules other than the
+    # segmentor, used when the config has no `optim.<name>` entry: the paper's defaults, e.g.
+    # {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99), ...}}.
+    default_optimizers: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any, segmentor: nn.Module, label_space: LabelSpace) -> None:
         self.config = config

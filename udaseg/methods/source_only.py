@@ -1,7 +1,7 @@
 """Source-only training: the lower bound every UDA method is compared with.
 
 The segmentor learns from labelled source images alone. With a multi-level DeepLabV2 the
-auxiliary head on layer3 is trained too, weighted by lambda_aux (AdaptSegNet's lambda_seg 0.1).
+auxiliary head on layer3 is trained too, weighted by lambda_seg_aux (AdaptSegNet's lambda_seg 0.1).
 Pointed at labelled target images (`data.source` = the target train split), the same method
 trains the target oracle, the ceiling of the benchmark.
 """
@@ -19,7 +19,9 @@ from udaseg.registry import METHODS
 @dataclass
 class SourceOnlyConfig:
     name: str = "source_only"
-    lambda_aux: float = 0.1  # weight of the aux-head loss when the model is multi-level (λ_seg)
+    lambda_seg_aux: float = (
+        0.1  # λ_seg: weight of the aux-head (layer3) loss when the model is multi-level
+    )
 
 
 @METHODS.register("source_only")
@@ -35,7 +37,7 @@ class SourceOnly(Method):
         scalars = {"loss_seg": loss_main.detach()}
         if "aux_logits" in outputs:
             loss_aux = segmentation_loss(outputs["aux_logits"], source["label"])
-            loss = loss + self.config.lambda_aux * loss_aux
+            loss = loss + self.config.lambda_seg_aux * loss_aux
             scalars["loss_seg_aux"] = loss_aux.detach()
         ctx.backward(loss)
         return scalars
