@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)"
     )
+    parser.add_argument(
+        "--toy-dir",
+        help="an existing toy benchmark (udaseg make-toy --out DIR) instead of the cached default",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
         "--set",
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             run_dir = out / f"seed{seed}" / Path(config_name).stem
             overrides = [*args.overrides, f"seed={seed}", f"run_dir={run_dir}"]
             config = load_config(config_name, overrides)
+            if args.toy_dir is not None:
+                config = _with_toy_dir(config, args.toy_dir)
             final = run_dir / "eval" / "final.json"
             if final.is_file() and _finished(run_dir, config.train.steps):
                 print(f"[demo] {title}, seed {seed}: reusing {run_dir}", file=sys.stderr)
@@ -97,6 +103,20 @@ def run(args: argparse.Namespace) -> int:
         out / "demo.json", {title: [r.to_dict() for r in runs] for title, runs in results.items()}
     )
     return 0
+
+
+def _with_toy_dir(config, toy_dir: str):
+    """The config with its `toy://` dataset roots pointing into `toy_dir`."""
+    from udaseg.config import config_from_dict, to_dict
+    from udaseg.data.datasets.base import TOY_SCHEMES
+
+    data = to_dict(config)
+    for role in ("source", "target", "val"):
+        section = data["data"].get(role)
+        for scheme in TOY_SCHEMES:
+            if section and section["root"].startswith(scheme):
+                section["root"] = str(Path(toy_dir) / section["root"][len(scheme) :])
+    return config_from_dict(data)
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +37,33 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("source", "target", "val")
 AUGMENTATION_KEYS = ("resize", "random_scale", "crop", "flip")
+
+
+# `root: toy://source` reads the embedded toy benchmark (generated once into the cache);
+# `toy-synthia://` is its SYNTHIA-layout variant.
+TOY_SCHEMES = {"toy://": "gta5", "toy-synthia://": "synthia"}
+
+
+def resolve_root(root: str) -> Path:
+    """A dataset root folder; `toy://<sub>` names a folder of the cached toy benchmark."""
+    for scheme, layout in TOY_SCHEMES.items():
+        if root.startswith(scheme):
+            from udaseg.data.toy import ensure_toy
+
+            return ensure_toy(layout=layout, progress=_ToyAnnouncer()) / root[len(scheme) :]
+    return Path(root).expanduser()
+
+
+class _ToyAnnouncer:
+    """Says once that the toy benchmark is being generated (first use only)."""
+
+    def __init__(self) -> None:
+        self.announced = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.announced:
+            self.announced = True
+            print(f"[udaseg] generating the toy benchmark ({total} images, once)", file=sys.stderr)
 
 
 @dataclass
@@ -137,7 +165,7 @@ class SegmentationDataset(Dataset):
         self.label_space = label_space
         self.role = role
         self.labelled = role != "target"
-        self.root = Path(config.root).expanduser()
+        self.root = resolve_root(config.root)
         self.transform = self._build_transform(image_size, label_size)
         self._directory_listings: dict[Path, set[str]] = {}
         if not self.root.is_dir():
