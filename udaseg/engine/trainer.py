@@ -199,7 +199,9 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
 
         ctx = TrainContext(
             step=step,
-            total_steps=steps,
+            # Progress follows the schedule's horizon, which a resume cannot change (train.steps
+            # can): methods with ramps (DANN's reversal coefficient) then resume exactly.
+            total_steps=config.schedule.total_steps or steps,
             device=context.device,
             precision=config.train.precision,
             scaler=scaler,

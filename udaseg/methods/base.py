@@ -30,7 +30,7 @@ class StepContext(Protocol):
     """What the engine hands a method at each step (see engine/trainer.py)."""
 
     step: int  # optimizer step being computed, 0-based
-    total_steps: int
+    total_steps: int  # the schedule's horizon: schedule.total_steps, else train.steps
     progress: float  # step / total_steps, in [0, 1)
     wants_visuals: bool  # return images under "visuals" this step
     device: torch.device
