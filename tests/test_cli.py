@@ -206,3 +206,50 @@ def test_demo_on_a_given_toy_dir(toy: Path, tmp_path: Path, capsys: pytest.Captu
     # A second demo reuses the finished runs instead of training again.
     assert main(["demo", "--toy-dir", str(toy), "--out", str(out), *settings]) == 0
     assert "reusing" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def toy_synthia(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy_synthia") / "bench"
+    arguments = [
+        "--size",
+        "64x128",
+        "--num-source",
+        "8",
+        "--num-target",
+        "6",
+        "--num-val",
+        "4",
+        "--workers",
+        "1",
+    ]
+    assert main(["make-toy", "--out", str(root), "--layout", "synthia", *arguments]) == 0
+    return root
+
+
+@pytest.mark.parametrize(
+    ("config", "convention", "num_classes"),
+    [
+        ("toy/source_only_synthia.yaml", "count", 19),
+        ("toy/source_only_synthia16.yaml", "ignore", 16),
+    ],
+)
+def test_synthia_layout_and_both_miou16_conventions(
+    toy_synthia: Path, tmp_path: Path, config: str, convention: str, num_classes: int
+) -> None:
+    """16-bit SYNTHIA labels are read and scored with mIoU16/13 under the chosen convention."""
+    overrides = [
+        f"data.source.root={toy_synthia / 'source'}",
+        f"data.target.root={toy_synthia / 'target'}",
+        f"data.val.root={toy_synthia / 'target'}",
+    ]
+    assert main(["train", config, *overrides, *TINY, f"run_dir={tmp_path / 'run'}"]) == 0
+    final = json.loads((tmp_path / "run" / "eval" / "final.json").read_text())
+    assert {"mIoU16", "mIoU13"} <= set(final["miou"])
+    assert final["subsets"]["mIoU16"]["gt_of_other_classes"] == convention
+    assert len(final["class_names"]) == num_classes
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["model_facts"]["label_space"] == (
+        "cityscapes19" if num_classes == 19 else "synthia16"
+    )
+    assert checkpoint["modules"]["segmentor"]["layer5.conv2d_list.0.bias"].shape == (num_classes,)

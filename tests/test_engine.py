@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -249,3 +250,53 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_root: Path, tmp_path: Path) 
     assert not torch.equal(initial["conv1.weight"], rank0["conv1.weight"]), (
         "training changed nothing"
     )
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(
+    precision: str, tiny_root: Path, tmp_path: Path
+) -> None:
+    """Autocast runs the step; fp16 also scales the loss, and the scaler state is checkpointed."""
+    sections = {"schedule": {"total_steps": 4}, "method": {"name": "adaptsegnet"}}
+    raw = tiny_config(tiny_root, tmp_path / "run", **sections)
+    raw["train"]["precision"] = precision
+    raw["train"]["channels_last"] = True
+    result = train(config_from_dict(raw))
+    payload = read_checkpoint(result.final_checkpoint)
+    losses = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(math.isfinite(record["loss_seg"]) for record in losses if record["kind"] == "train")
+    if precision == "fp16":
+        assert payload["scaler"] is not None and payload["scaler"]["scale"] > 0
+    else:
+        assert payload["scaler"] is None
+    assert all(
+        torch.isfinite(tensor).all()
+        for tensor in payload["modules"]["segmentor"].values()
+        if tensor.is_floating_point()
+    )
+
+
+def test_periodic_evaluation_and_tensorboard(tiny_root: Path, tmp_path: Path) -> None:
+    raw = tiny_config(
+        tiny_root,
+        tmp_path / "run",
+        train={
+            "steps": 4,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "eval_every": 2,
+            "deterministic": True,
+            "progress_bar": False,
+            "tensorboard": True,
+        },
+    )
+    train(config_from_dict(raw))
+    evaluations = sorted(p.name for p in (tmp_path / "run" / "eval").iterdir())
+    assert evaluations == ["final.json", "step_000002.json"]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [2, 4]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

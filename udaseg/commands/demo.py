@@ -203,7 +203,13 @@ def _train_concurrently(jobs: list[Job], parallel: int, threads: int, device: st
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     waiting = list(jobs)
     running: list[tuple[Job, subprocess.Popen, object]] = []
-    progress = tqdm(total=sum(job.steps for job in jobs), desc="demo", unit="step", file=sys.stderr)
+    progress = tqdm(
+        total=sum(job.steps for job in jobs),
+        desc="demo",
+        unit="step",
+        file=sys.stderr,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
     try:
         while waiting or running:
             while waiting and len(running) < parallel:
@@ -219,8 +225,7 @@ def _train_concurrently(jobs: list[Job], parallel: int, threads: int, device: st
                 )
                 running.append((job, process, log))
             time.sleep(0.5)
-            progress.n = sum(_steps_done(job) for job in jobs)
-            progress.refresh()
+            progress.update(sum(_steps_done(job) for job in jobs) - progress.n)
             for entry in list(running):
                 job, process, log = entry
                 if process.poll() is None:
