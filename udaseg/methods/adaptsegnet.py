@@ -29,27 +29,15 @@ from torch import nn
 
 from udaseg.errors import ConfigError
 from udaseg.losses.segmentation import segmentation_loss, upsample_logits
-from udaseg.methods.adversarial import fool_discriminator_loss, train_discriminator
-from udaseg.methods.base import Method, StepContext
+from udaseg.methods.adversarial import (
+    DISCRIMINATOR_ADAM,
+    fool_discriminator_loss,
+    train_discriminator,
+)
+from udaseg.methods.base import Method, StepContext, check_non_negative
 from udaseg.models.discriminators import FCDiscriminator
 from udaseg.models.gradient_reversal import PixelDomainClassifier
 from udaseg.registry import METHODS
-
-# The paper's discriminator optimizer (REFERENCE §2): Adam 1e-4, betas (0.9, 0.99), poly-decayed
-# by the engine over the segmentor's horizon, as AdaptSegNet's adjust_learning_rate_D.
-DISCRIMINATOR_ADAM = {
-    "name": "adam",
-    "lr": 1e-4,
-    "betas": (0.9, 0.99),
-    "weight_decay": 0.0,
-    "head_lr_multiplier": 1.0,
-}
-
-
-def _check_non_negative(config: Any, *names: str) -> None:
-    for name in names:
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
 
 
 @dataclass
@@ -62,7 +50,7 @@ class AdaptSegNetConfig:
     discriminator_channels: int = 64  # ndf: the first conv's width in FCDiscriminator
 
     def validate(self) -> None:
-        _check_non_negative(self, "lambda_seg_aux", "lambda_adv_main", "lambda_adv_aux")
+        check_non_negative(self)
 
 
 @METHODS.register("adaptsegnet")
@@ -160,7 +148,7 @@ class AdaptSegNetFeatureConfig:
     dropout: float = 0.5  # pixel: dropout after each hidden layer
 
     def validate(self) -> None:
-        _check_non_negative(self, "lambda_seg_aux", "lambda_adv")
+        check_non_negative(self)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 

@@ -31,33 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from udaseg.data.label_spaces import LabelSpace
-from udaseg.errors import ConfigError
 from udaseg.losses.entropy import entropy_loss, weighted_self_information
 from udaseg.losses.segmentation import segmentation_loss, upsample_logits
-from udaseg.methods.adversarial import fool_discriminator_loss, train_discriminator
-from udaseg.methods.base import Method, StepContext
+from udaseg.methods.adversarial import (
+    DISCRIMINATOR_ADAM,
+    fool_discriminator_loss,
+    train_discriminator,
+)
+from udaseg.methods.base import Method, StepContext, check_non_negative
 from udaseg.models.discriminators import FCDiscriminator
 from udaseg.registry import METHODS
 
-# ADVENT's discriminators: Adam 1e-4, betas (0.9, 0.99), no weight decay, poly decay like the
-# segmentor (REFERENCE §3.2).
-DISCRIMINATOR_OPTIMIZER = {
-    "name": "adam",
-    "lr": 1e-4,
-    "betas": (0.9, 0.99),
-    "weight_decay": 0.0,
-    "head_lr_multiplier": 1.0,
-}
-
 # (output key of the segmentor, suffix of config fields / logged names)
 LEVELS = (("logits", "main"), ("aux_logits", "aux"))
-
-
-def _validate_weights(config: Any) -> None:
-    """Every lambda_* field of a config must be >= 0 (a negative one flips a loss's sign)."""
-    for name, value in vars(config).items():
-        if name.startswith("lambda_") and value < 0:
-            raise ConfigError(f"{name}: must be >= 0, got {value}")
 
 
 @dataclass
@@ -68,7 +54,7 @@ class MinEntConfig:
     lambda_ent_aux: float = 0.0002  # λ_ent on the aux head's target entropy
 
     def validate(self) -> None:
-        _validate_weights(self)
+        check_non_negative(self)
 
 
 @dataclass
@@ -80,7 +66,7 @@ class AdvEntConfig:
     discriminator_channels: int = 64  # ndf of the FC discriminators (64 -> 128 -> 256 -> 512)
 
     def validate(self) -> None:
-        _validate_weights(self)
+        check_non_negative(self)
 
 
 @dataclass
@@ -184,7 +170,7 @@ class AdvEnt(EntropyAdaptation):
 
     Config = AdvEntConfig
     aligns_entropy = True
-    default_optimizers = {"discriminator": DISCRIMINATOR_OPTIMIZER}
+    default_optimizers = {"discriminator": DISCRIMINATOR_ADAM}
 
 
 @METHODS.register("advent_minent")

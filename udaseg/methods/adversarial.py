@@ -16,6 +16,16 @@ from torch import nn
 from udaseg.losses.adversarial import SOURCE_DOMAIN, TARGET_DOMAIN, GanLoss, domain_loss
 from udaseg.methods.base import StepContext, frozen
 
+# The discriminators' optimizer in AdaptSegNet, ADVENT and BDL (REFERENCE §2): Adam 1e-4,
+# betas (0.9, 0.99), no weight decay, poly-decayed by the engine over the segmentor's horizon.
+DISCRIMINATOR_ADAM = {
+    "name": "adam",
+    "lr": 1e-4,
+    "betas": (0.9, 0.99),
+    "weight_decay": 0.0,
+    "head_lr_multiplier": 1.0,
+}
+
 
 def fool_discriminator_loss(
     discriminator: nn.Module, target_maps: torch.Tensor, gan: GanLoss = "vanilla"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from udaseg.data.label_spaces import LabelSpace
+from udaseg.errors import ConfigError
 
 
 class StepContext(Protocol):
@@ -107,6 +108,16 @@ class Method:
             if memory_format is not None:
                 module.to(memory_format=memory_format)
         return self
+
+
+def check_non_negative(config: Any, *names: str) -> None:
+    """ConfigError unless the named fields (default: every `lambda_*` field) are >= 0.
+
+    A negative loss weight silently turns a loss into its opposite.
+    """
+    for name in names or [key for key in vars(config) if key.startswith("lambda_")]:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
 
 
 @contextlib.contextmanager

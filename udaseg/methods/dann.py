@@ -23,7 +23,7 @@ from torch import nn
 from udaseg.errors import ConfigError
 from udaseg.losses.adversarial import SOURCE_DOMAIN, TARGET_DOMAIN, domain_loss
 from udaseg.losses.segmentation import segmentation_loss
-from udaseg.methods.base import Method, StepContext
+from udaseg.methods.base import Method, StepContext, check_non_negative
 from udaseg.models.gradient_reversal import (
     PixelDomainClassifier,
     dann_coefficient,
@@ -43,9 +43,7 @@ class DANNConfig:
     dropout: float = 0.5  # dropout after each hidden layer (DANN: 0.5)
 
     def validate(self) -> None:
-        for key in ("lambda_seg_aux", "lambda_domain", "coefficient_max", "gamma"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        check_non_negative(self, "lambda_seg_aux", "lambda_domain", "coefficient_max", "gamma")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 

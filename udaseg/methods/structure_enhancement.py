@@ -33,22 +33,15 @@ from udaseg.data.label_spaces import LabelSpace
 from udaseg.errors import ConfigError
 from udaseg.losses.reconstruction import reconstruction_loss
 from udaseg.losses.segmentation import segmentation_loss, upsample_logits
-from udaseg.methods.adversarial import fool_discriminator_loss, train_discriminator
-from udaseg.methods.base import Method, StepContext
+from udaseg.methods.adversarial import (
+    DISCRIMINATOR_ADAM,
+    fool_discriminator_loss,
+    train_discriminator,
+)
+from udaseg.methods.base import Method, StepContext, check_non_negative
 from udaseg.models.aspp_discriminator import ASPPDiscriminator
 from udaseg.models.decoders import ReconstructionDecoder
 from udaseg.registry import METHODS
-
-# Adam 1e-4, betas (0.9, 0.99) as the AdaptSegNet discriminator the paper builds on. The decoder
-# takes the same: its gradients are scaled by lambda_rec = 1e-5, which SGD at the segmentor's lr
-# would turn into no training at all, whereas Adam's steps do not depend on the loss scale.
-ADAM_DEFAULT = {
-    "name": "adam",
-    "lr": 1e-4,
-    "betas": (0.9, 0.99),
-    "weight_decay": 0.0,
-    "head_lr_multiplier": 1.0,
-}
 
 
 @dataclass
@@ -65,9 +58,7 @@ class StructureEnhancementConfig:
     discriminator_dilations: tuple[int, ...] = (1, 2, 3, 4)  # the paper's four rates
 
     def validate(self) -> None:
-        for name in ("lambda_seg_aux", "lambda_rec", "lambda_adv"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        check_non_negative(self)
         if not self.discriminator_dilations or min(self.discriminator_dilations) < 1:
             raise ConfigError(
                 f"discriminator_dilations: must be positive, got {list(self.discriminator_dilations)}"
@@ -79,7 +70,10 @@ class StructureEnhancementConfig:
 @METHODS.register("structure_enhancement")
 class StructureEnhancement(Method):
     Config = StructureEnhancementConfig
-    default_optimizers = {"discriminator": ADAM_DEFAULT, "decoder": ADAM_DEFAULT}
+    # The decoder takes the discriminator's Adam: its gradients carry lambda_rec = 1e-5, which
+    # SGD at the segmentor's lr would turn into no training at all, whereas Adam's step size
+    # does not depend on the loss scale.
+    default_optimizers = {"discriminator": DISCRIMINATOR_ADAM, "decoder": DISCRIMINATOR_ADAM}
 
     def __init__(self, config: Any, segmentor: nn.Module, label_space: LabelSpace) -> None:
         super().__init__(config, segmentor, label_space)
