@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from tests.fake_layouts import write_cityscapes, write_gta5
@@ -60,3 +61,30 @@ def tiny_config(root: Path, run_dir: Path, **sections) -> dict:
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+class RecordingContext:
+    """A StepContext whose backward records each loss and, for `modules`, the gradients after it."""
+
+    def __init__(
+        self, modules: dict[str, torch.nn.Module] | None = None, progress: float = 0.0
+    ) -> None:
+        self.modules = modules or {}
+        self.step, self.total_steps, self.progress = 0, 10, progress
+        self.wants_visuals = False
+        self.device = torch.device("cpu")
+        self.losses: list[float] = []
+        self.gradients: list[dict[str, dict[str, torch.Tensor | None]]] = []
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.losses.append(float(loss.detach()))
+        loss.backward()
+        self.gradients.append(
+            {
+                name: {
+                    key: None if p.grad is None else p.grad.clone()
+                    for key, p in module.named_parameters()
+                }
+                for name, module in self.modules.items()
+            }
+        )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.engine_helpers import TINY_MODEL
+from tests.engine_helpers import TINY_MODEL, RecordingContext
 from tests.fake_layouts import write_cityscapes, write_gta5
 from udaseg.cli import main
 from udaseg.config import OptimizerConfig, from_dict, load_config
@@ -31,31 +31,6 @@ NUM_CLASSES = CITYSCAPES19.num_classes
 def softplus(value: float) -> float:
     """BCE-with-logits of logit `value` against label 0 is log(1 + e^value); label 1: -value."""
     return math.log1p(math.exp(value))
-
-
-class RecordingContext:
-    """A StepContext whose backward records each loss and the gradients after it."""
-
-    def __init__(self, modules: dict[str, nn.Module], progress: float = 0.0) -> None:
-        self.modules = modules
-        self.step, self.total_steps, self.progress = 0, 10, progress
-        self.wants_visuals = False
-        self.device = torch.device("cpu")
-        self.losses: list[float] = []
-        self.gradients: list[dict[str, dict[str, torch.Tensor | None]]] = []
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.losses.append(float(loss.detach()))
-        loss.backward()
-        self.gradients.append(
-            {
-                name: {
-                    key: None if p.grad is None else p.grad.clone()
-                    for key, p in module.named_parameters()
-                }
-                for name, module in self.modules.items()
-            }
-        )
 
 
 class ConstantDiscriminator(nn.Module):

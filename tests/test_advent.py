@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.engine_helpers import RecordingContext
 from tests.fake_layouts import write_cityscapes, write_gta5
 from udaseg.cli import main
 from udaseg.config import config_from_dict, load_config
@@ -56,23 +57,6 @@ class AffineDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight * x.sum(dim=1, keepdim=True) + self.bias
-
-
-class RecordingContext:
-    """A StepContext that records every loss passed to backward."""
-
-    step = 0
-    total_steps = 1
-    progress = 0.0
-    wants_visuals = False
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.losses.append(float(loss.detach()))
-        loss.backward()
 
 
 def _batch() -> dict:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_adaptsegnet import RecordingContext, make_batch, make_method, softplus
+from tests.engine_helpers import RecordingContext
+from tests.test_adaptsegnet import make_batch, make_method, softplus
 from udaseg.config import OptimizerConfig, load_config
 from udaseg.engine.trainer import _optimizer_configs
 from udaseg.errors import ConfigError

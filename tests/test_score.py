@@ -65,6 +65,7 @@ def test_hand_computed_miou(tmp_path, capsys, prediction, expected_format):
 def test_equal_to_cityscapes_scripts(tmp_path, monkeypatch):
     # Installed by the Makefile (without its Python-2 `typing` pin): the reference, never skipped.
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as evaluator
+
     generator = np.random.default_rng(0)
     gt_files, prediction_files = [], []
     for index, city in enumerate(["aachen", "bremen", "aachen"]):

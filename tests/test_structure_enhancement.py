@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.engine_helpers import RecordingContext
 from tests.fake_layouts import write_cityscapes, write_gta5
 from udaseg.cli import main
 from udaseg.config import config_from_dict, load_config
@@ -140,21 +141,6 @@ class AffineDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.weight.view(1, -1, 1, 1) * x).sum(dim=1, keepdim=True) + self.bias
-
-
-class RecordingContext:
-    step = 0
-    total_steps = 1
-    progress = 0.0
-    wants_visuals = False
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.losses.append(float(loss.detach()))
-        loss.backward()
 
 
 def _batch() -> dict:

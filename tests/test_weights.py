@@ -139,6 +139,7 @@ def test_backbone_problems_are_errors_naming_the_file_and_keys(tmp_path):
 
 def test_safetensors_init(tmp_path):
     import safetensors.torch as safetensors_torch
+
     source = small()
     safetensors_torch.save_file(dict(source.state_dict()), str(tmp_path / "init.safetensors"))
     model = small()
