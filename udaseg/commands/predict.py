@@ -101,16 +101,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     targets = {kind: out / kind for kind in ("labels", "color", "overlay")}
     if not args.overwrite:
-        clash = next(
-            (
-                targets["labels"] / name.with_suffix(".png")
-                for _, name in images
-                if (targets["labels"] / name.with_suffix(".png")).exists()
-            ),
-            None,
-        )
-        if clash is not None:
-            raise DataError(f"{clash} exists; pass --overwrite to replace earlier predictions")
+        for _, name in images:
+            existing = targets["labels"] / name.with_suffix(".png")
+            if existing.exists():
+                raise DataError(
+                    f"{existing} exists; pass --overwrite to replace earlier predictions"
+                )
     context = init_distributed(args.device)
     loaded = load_for_inference(
         args.checkpoint, args.config, args.weights, args.overrides, context.device
