@@ -315,3 +315,27 @@ def write_folder(
         layout.labels[name] = label
         layout.files[name] = (image_path, label_path)
     return layout
+
+
+def write_gta5_to_cityscapes(root: Path) -> list[str]:
+    """Write tiny GTA5 and Cityscapes layouts under `root`; return the `udaseg train` overrides
+    that point a GTA5->Cityscapes experiment config at them with a tiny model and 2 steps."""
+    write_gta5(root / "GTA5", count=3, size=(36, 64), seed=0)
+    write_cityscapes(root / "cityscapes", splits={"train": 2, "val": 2}, size=(32, 64))
+    return [
+        f"run_dir={root / 'run'}",
+        f"data.source.root={root / 'GTA5'}",
+        f"data.target.root={root / 'cityscapes'}",
+        f"data.val.root={root / 'cityscapes'}",
+        "data.source.resize=[36,64]",  # the real 720x1280 / 512x1024, shrunk
+        "data.target.resize=[32,64]",
+        "eval.input_size=[32,64]",
+        "data.num_workers=0",
+        "model.blocks=[1,1,1,1]",
+        "model.width=4",
+        "model.init=null",
+        "model.aspp_dilations=[1,2,3,4]",
+        "train.steps=2",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+    ]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.engine_helpers import TINY_MODEL, RecordingContext
-from tests.fake_layouts import write_cityscapes, write_gta5
+from tests.fake_layouts import write_gta5_to_cityscapes
 from udaseg.cli import main
 from udaseg.config import OptimizerConfig, from_dict, load_config
 from udaseg.data.label_spaces import CITYSCAPES19
@@ -286,25 +286,7 @@ def test_experiment_configs_hold_the_papers_settings() -> None:
 
 def test_multi_level_config_trains_on_the_real_layouts(tmp_path: Path) -> None:
     """`udaseg train .../adaptsegnet_multi_gta5_cityscapes.yaml` starts and finishes."""
-    write_gta5(tmp_path / "GTA5", count=3, size=(36, 64), seed=0)
-    write_cityscapes(tmp_path / "cityscapes", splits={"train": 2, "val": 2}, size=(32, 64))
-    overrides = [
-        f"run_dir={tmp_path / 'run'}",
-        f"data.source.root={tmp_path / 'GTA5'}",
-        f"data.target.root={tmp_path / 'cityscapes'}",
-        f"data.val.root={tmp_path / 'cityscapes'}",
-        # The real resizes (720x1280, 512x1024) shrunk to keep the test fast.
-        "data.source.resize=[36,64]",
-        "data.target.resize=[32,64]",
-        "eval.input_size=[32,64]",
-        "data.num_workers=0",
-        "model.blocks=[1,1,1,1]",
-        "model.width=4",
-        "model.init=null",
-        "train.steps=2",
-        "train.progress_bar=false",
-        "train.tensorboard=false",
-    ]
+    overrides = write_gta5_to_cityscapes(tmp_path)
     config = EXPERIMENTS / "adaptsegnet_multi_gta5_cityscapes.yaml"
     assert main(["train", str(config), *overrides]) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

@@ -24,26 +24,14 @@ TINY = [
 ]
 
 
+# A toy benchmark small enough for the end-to-end tests.
+TINY_TOY = "--size 64x128 --num-source 8 --num-target 6 --num-val 4 --workers 1".split()
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("toy") / "bench"
-    code = main(
-        [
-            "make-toy",
-            "--out",
-            str(root),
-            "--size",
-            "64x128",
-            "--num-source",
-            "8",
-            "--num-target",
-            "6",
-            "--num-val",
-            "4",
-            "--workers",
-            "1",
-        ]
-    )
+    code = main(["make-toy", "--out", str(root), *TINY_TOY])
     assert code == 0
     return root
 
@@ -211,19 +199,7 @@ def test_demo_on_a_given_toy_dir(toy: Path, tmp_path: Path, capsys: pytest.Captu
 @pytest.fixture(scope="module")
 def toy_synthia(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("toy_synthia") / "bench"
-    arguments = [
-        "--size",
-        "64x128",
-        "--num-source",
-        "8",
-        "--num-target",
-        "6",
-        "--num-val",
-        "4",
-        "--workers",
-        "1",
-    ]
-    assert main(["make-toy", "--out", str(root), "--layout", "synthia", *arguments]) == 0
+    assert main(["make-toy", "--out", str(root), "--layout", "synthia", *TINY_TOY]) == 0
     return root
 
 
