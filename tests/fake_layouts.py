@@ -317,6 +317,24 @@ def write_folder(
     return layout
 
 
+def write_pseudo_labels(
+    directory: str | Path, train_ids: Mapping[str, np.ndarray]
+) -> dict[str, Path]:
+    """Write pseudo labels as `udaseg pseudo-label` does: `<directory>/<sample name>.png`.
+
+    Args:
+        directory: the pseudo-label folder (created, with subfolders for nested names).
+        train_ids: sample name -> train ids [H, W] (255 = left out), written as 8-bit 'L' PNGs.
+    Returns:
+        sample name -> the file written.
+    """
+    files = {}
+    for name, values in train_ids.items():
+        files[name] = Path(directory) / f"{name}.png"
+        write_png(files[name], np.asarray(values).astype(np.uint8))
+    return files
+
+
 def write_gta5_to_cityscapes(root: Path) -> list[str]:
     """Write tiny GTA5 and Cityscapes layouts under `root`; return the `udaseg train` overrides
     that point a GTA5->Cityscapes experiment config at them with a tiny model and 2 steps."""

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from tests.fake_layouts import (
     gta5_palette,
@@ -13,10 +14,11 @@ from tests.fake_layouts import (
     write_cityscapes,
     write_folder,
     write_gta5,
+    write_pseudo_labels,
     write_synthia,
 )
 from udaseg.data.datasets import build_dataset
-from udaseg.data.io import write_palettised_png, write_png
+from udaseg.data.io import read_label, write_palettised_png, write_png
 from udaseg.errors import ConfigError, DataError
 from udaseg.registry import DATASETS
 
@@ -557,3 +559,149 @@ def test_folder_missing_root_and_clashing_names(tmp_path):
     with pytest.raises(DataError, match="same name") as error:
         _build("folder", root, role="target", images="images")
     assert str(root / "images") in _message(error)
+
+
+def test_folder_list_file_with_nested_entries(tmp_path):
+    root = tmp_path / "mine"
+    for name in ("a/b", "a/c", "d"):
+        write_png(root / "images" / f"{name}.png", _image(1, 2))
+        write_png(root / "labels" / f"{name}.png", np.zeros((1, 2), dtype=np.uint8))
+    (root / "list.txt").write_text("a/c.png\nd.png\n")
+    dataset = _build("folder", root, images="images", labels="labels", list_file="list.txt")
+    assert dataset.names == ["a/c", "d"]
+    (root / "list.txt").write_text("a/c.png\na/x.png\n")
+    with pytest.raises(DataError) as error:
+        _build("folder", root, images="images", labels="labels", list_file="list.txt")
+    assert f"{root / 'list.txt'} line 2" in _message(error)
+
+
+# --- Pseudo labels ---------------------------------------------------------------------------
+
+
+def _gta5_with_pseudo_labels(root, count: int = 3, size=(16, 20)):
+    """A GTA5 layout whose pseudo labels (in root/pseudo) equal its ground-truth train ids."""
+    layout = write_gta5(root, count=count, size=size)
+    train_ids = {name: _expected_train_ids(label) for name, label in layout.labels.items()}
+    files = write_pseudo_labels(root / "pseudo", train_ids)
+    return layout, files
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [
+        {"crop": [10, 12], "flip": True, "random_scale": [0.6, 1.4]},
+        {"resize": [12, 14], "crop": [16, 18], "flip": True},  # the crop pads
+        {"random_scale": [0.5, 2.0]},
+    ],
+)
+def test_pseudo_labels_go_through_the_image_augmentation(tmp_path, augmentation):
+    layout, _ = _gta5_with_pseudo_labels(tmp_path / "GTA5")
+    dataset = _build("gta5", layout.root, pseudo_labels="pseudo", **augmentation)
+    without = _build("gta5", layout.root, **augmentation)
+    for seed in range(8):
+        sample = dataset[(seed % 3, seed)]
+        assert set(sample) == {"image", "label", "pseudo_label", "name", "index"}
+        assert sample["pseudo_label"].dtype == sample["label"].dtype
+        # Equal to the ground truth at every pixel: the same scale, window, padding and flip.
+        assert (sample["pseudo_label"] == sample["label"]).all()
+        # Reading pseudo labels changes no random draw: image and label are as without them.
+        plain = without[(seed % 3, seed)]
+        assert (sample["image"] == plain["image"]).all()
+        assert (sample["label"] == plain["label"]).all()
+    if augmentation.get("crop") == [16, 18]:
+        # 12x14 padded to 16x18: the padded rows and columns are 255 in the pseudo label.
+        pseudo_label = dataset[(0, 0)]["pseudo_label"].numpy()
+        assert (pseudo_label[12:] == 255).all()
+        assert (pseudo_label[:, :4] == 255).all() or (pseudo_label[:, 14:] == 255).all()
+
+
+def test_pseudo_labels_of_a_cityscapes_target_set(tmp_path, monkeypatch):
+    root = tmp_path / "cs"
+    layouts = write_cityscapes(root, {"train": 3}, size=(8, 12))
+    names = layouts["train"].names
+    assert names[0] == "aachen/aachen_000000_000019_leftImg8bit"
+    pseudo = {name: np.full((8, 12), index, dtype=np.uint8) for index, name in enumerate(names)}
+    pseudo[names[1]][0, :3] = 255
+    files = write_pseudo_labels(tmp_path / "pseudo", pseudo)
+    assert files[names[0]] == tmp_path / "pseudo" / "aachen" / f"{names[0].split('/')[1]}.png"
+    shutil.rmtree(root / "gtFine")  # the target ground truth is neither needed nor opened
+    real_read_label = read_label
+
+    def read_pseudo_labels_only(path, *args, **kwargs):
+        assert "gtFine" not in str(path), f"ground-truth label opened: {path}"
+        return real_read_label(path, *args, **kwargs)
+
+    monkeypatch.setattr("udaseg.data.datasets.base.read_label", read_pseudo_labels_only)
+    dataset = _build("cityscapes", root, role="target", pseudo_labels=str(tmp_path / "pseudo"))
+    for index, name in enumerate(names):
+        sample = dataset[index]
+        assert "label" not in sample and sample["name"] == name
+        assert sample["pseudo_label"].dtype == torch.int64
+        np.testing.assert_array_equal(sample["pseudo_label"].numpy(), pseudo[name])
+
+
+def test_pseudo_labels_of_a_validation_set_follow_the_label_size(tmp_path):
+    layouts = write_cityscapes(tmp_path / "cs", {"val": 1}, size=(16, 32))
+    name = layouts["val"].names[0]
+    write_pseudo_labels(tmp_path / "cs" / "pseudo", {name: np.zeros((16, 32), dtype=np.uint8)})
+    config = {
+        "kind": "cityscapes",
+        "root": str(tmp_path / "cs"),
+        "split": "val",
+        "pseudo_labels": "pseudo",
+    }
+    sample = build_dataset(config, "cityscapes19", "val", image_size=(8, 16))[0]
+    assert tuple(sample["image"].shape) == (3, 8, 16)
+    assert tuple(sample["pseudo_label"].shape) == tuple(sample["label"].shape) == (16, 32)
+    sample = build_dataset(config, "cityscapes19", "val", image_size=(8, 16), label_size=(4, 8))[0]
+    assert tuple(sample["pseudo_label"].shape) == (4, 8)
+
+
+def test_missing_pseudo_label_folder_is_named_at_build_time(tmp_path):
+    layout = write_gta5(tmp_path / "GTA5", count=2, size=(4, 4))
+    with pytest.raises(DataError) as error:
+        _build("gta5", layout.root, role="target", pseudo_labels="pseudo")
+    message = _message(error)
+    assert str(layout.root / "pseudo") in message and "pseudo-label folder not found" in message
+    assert "data.target.pseudo_labels" in message
+
+
+def test_missing_pseudo_label_file_is_named_at_build_time(tmp_path):
+    layout, files = _gta5_with_pseudo_labels(tmp_path / "GTA5", size=(4, 4))
+    files["00002"].unlink()
+    with pytest.raises(DataError) as error:
+        _build("gta5", layout.root, role="target", pseudo_labels="pseudo")
+    message = _message(error)
+    assert message.startswith(f"{files['00002']}: pseudo-label file not found")
+    assert str(layout.files["00002"][0]) in message and "1 of 3 samples" in message
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (np.zeros((4, 5), dtype=np.uint8), "pseudo label size 4x5 differs from its image's 4x4"),
+        (np.array([[0, 18, 19, 255]] * 4, dtype=np.uint8), "values [19]"),
+        (np.zeros((4, 4, 3), dtype=np.uint8), "single-channel"),
+        (b"broken", "cannot read"),
+    ],
+)
+def test_bad_pseudo_label_file_is_named_when_read(tmp_path, content, problem):
+    layout, files = _gta5_with_pseudo_labels(tmp_path / "GTA5", size=(4, 4))
+    if isinstance(content, bytes):
+        files["00002"].write_bytes(content)
+    else:
+        write_png(files["00002"], content)
+    dataset = _build("gta5", layout.root, role="target", pseudo_labels="pseudo")
+    dataset[0]
+    with pytest.raises(DataError) as error:
+        dataset[1]
+    message = _message(error)
+    assert message.startswith(f"{files['00002']}: ") and problem in message
+
+
+def test_empty_pseudo_labels_key_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        build_dataset(
+            {"kind": "gta5", "root": str(tmp_path), "pseudo_labels": ""}, "cityscapes19", "target"
+        )
+    assert "pseudo_labels" in _message(error)

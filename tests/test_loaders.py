@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from tests.fake_layouts import write_gta5
 from udaseg.data.datasets import build_dataset
+from udaseg.data.io import write_png
 from udaseg.data.loaders import TrainStream, collate, eval_loader
 from udaseg.errors import DataError
 
@@ -174,3 +175,42 @@ def test_collate_refuses_samples_of_different_sizes():
     with pytest.raises(DataError, match="different sizes") as error:
         collate(samples)
     assert "a, b" in str(error.value)
+
+
+def test_collate_stacks_pseudo_labels():
+    samples = [
+        {
+            "image": torch.zeros(3, 2, 3, dtype=torch.uint8),
+            "pseudo_label": torch.full((2, 3), index, dtype=torch.int64),
+            "name": f"s{index}",
+            "index": index,
+        }
+        for index in range(2)
+    ]
+    batch = collate(samples)
+    assert "label" not in batch
+    assert batch["pseudo_label"].dtype == torch.int64
+    assert tuple(batch["pseudo_label"].shape) == (2, 2, 3)
+    assert batch["pseudo_label"][:, 0, 0].tolist() == [0, 1]
+    samples[1]["pseudo_label"] = torch.zeros(2, 4, dtype=torch.int64)
+    with pytest.raises(DataError, match="pseudo_labels of different sizes"):
+        collate(samples)
+
+
+def test_stream_of_a_target_set_with_pseudo_labels(tmp_path):
+    layout = write_gta5(tmp_path / "GTA5", count=4, size=(12, 16))
+    for name, label in layout.labels.items():
+        # Train ids 0..18 and 255 only: the labelIds modulo 19 stand in for a model's output.
+        write_png(tmp_path / "pseudo" / f"{name}.png", (label % 19).astype(np.uint8))
+    config = {
+        "kind": "gta5",
+        "root": str(layout.root),
+        "crop": [6, 8],
+        "flip": True,
+        "pseudo_labels": str(tmp_path / "pseudo"),
+    }
+    dataset = build_dataset(config, "cityscapes19", "target")
+    batch = _take(TrainStream(dataset, 2, seed=0, name="target"), 0, 1)[0]
+    assert "label" not in batch
+    assert batch["pseudo_label"].dtype == torch.int64
+    assert tuple(batch["pseudo_label"].shape) == (2, 6, 8)

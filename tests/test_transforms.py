@@ -171,3 +171,63 @@ def test_eval_transform_image_resized_label_native_unless_asked():
     )
     # Nearest samples at pixel centres: output column x reads input column floor((x + 0.5) * 2).
     np.testing.assert_array_equal(small_label, [[2, 4, 6, 8]] * 2)
+
+
+# --- Extra label maps (pseudo labels) --------------------------------------------------------
+
+
+def test_train_transform_apply_moves_every_map_with_the_image():
+    transform = TrainTransform(random_scale=(0.6, 1.6), crop=(14, 18), flip=True)
+    image = _position_image(12, 16)
+    # A label that encodes each pixel's position, and a pseudo label of another dtype that
+    # encodes the same, so any difference in scale, window, padding or flip shows.
+    label = (np.arange(12 * 16, dtype=np.int64).reshape(12, 16) % 250).astype(np.uint8)
+    pseudo_label = label.astype(np.int32)
+    padded_seeds = 0
+    for seed in range(10):
+        result_image, maps = transform.apply(
+            image, {"label": label, "pseudo_label": pseudo_label}, np.random.default_rng(seed)
+        )
+        assert set(maps) == {"label", "pseudo_label"}
+        assert maps["pseudo_label"].dtype == np.int32
+        assert maps["pseudo_label"].shape == result_image.shape[:2] == (14, 18)
+        assert maps["pseudo_label"].flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(maps["pseudo_label"], maps["label"])
+        # The draws do not depend on the maps: __call__ with the label alone gives the same.
+        alone_image, alone_label = transform(image, label, np.random.default_rng(seed))
+        np.testing.assert_array_equal(alone_image, result_image)
+        np.testing.assert_array_equal(alone_label, maps["label"])
+        # The label holds 0..249, so 255 marks padding only: there the image is 0.
+        padding = maps["pseudo_label"] == 255
+        assert (result_image[padding] == 0).all()
+        padded_seeds += int(padding.any())
+    assert padded_seeds > 0  # some scale fell below the crop size
+
+
+def test_train_transform_apply_pads_maps_with_the_ignore_index():
+    transform = TrainTransform(crop=(3, 5), ignore_index=250)
+    image = np.full((2, 3, 3), 200, dtype=np.uint8)
+    pseudo_label = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)
+    _, maps = transform.apply(image, {"pseudo_label": pseudo_label}, np.random.default_rng(0))
+    np.testing.assert_array_equal(
+        maps["pseudo_label"], [[1, 2, 3, 250, 250], [4, 5, 6, 250, 250], [250] * 5]
+    )
+    # No maps at all: the image alone.
+    result_image, maps = transform.apply(image, {}, np.random.default_rng(0))
+    assert result_image.shape == (3, 5, 3) and maps == {}
+
+
+def test_eval_transform_apply_sizes_every_map_like_the_label():
+    image = np.zeros((4, 8, 3), dtype=np.uint8)
+    label = np.array([[1, 2, 3, 4, 5, 6, 7, 8]] * 4, dtype=np.uint8)
+    maps = {"label": label, "pseudo_label": label + 10}
+    result_image, native = EvalTransform(image_size=(2, 4)).apply(
+        image, maps, np.random.default_rng(0)
+    )
+    assert result_image.shape == (2, 4, 3)
+    np.testing.assert_array_equal(native["pseudo_label"], label + 10)
+    _, small = EvalTransform(image_size=(2, 4), label_size=(2, 4)).apply(
+        image, maps, np.random.default_rng(0)
+    )
+    np.testing.assert_array_equal(small["label"], [[2, 4, 6, 8]] * 2)
+    np.testing.assert_array_equal(small["pseudo_label"], [[12, 14, 16, 18]] * 2)

@@ -26,6 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from udaseg.errors import DataError
 
+# Per-pixel maps of a sample that are batched like the label (int64 [H, W] each).
+LABEL_KEYS = ("label", "pseudo_label")
+
 # Tags that keep the permutation and the per-sample seed streams apart.
 _PERMUTATION_STREAM = 0
 _SAMPLE_STREAM = 1
@@ -35,11 +38,12 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch.
 
     Args:
-        samples: dicts with "image" uint8 [3, H, W], optionally "label" int64 [H, W], "name"
-            str and "index" int, all of the same size.
+        samples: dicts with "image" uint8 [3, H, W], optionally "label" and "pseudo_label"
+            int64 [H, W], "name" str and "index" int, all of the same size.
     Returns:
         {"image": uint8 [B, 3, H, W], "label": int64 [B, H, W] (if the samples have labels),
-         "name": list of B str, "index": int64 [B]}.
+         "pseudo_label": int64 [B, H, W] (if they have pseudo labels), "name": list of B str,
+         "index": int64 [B]}.
     Raises:
         DataError: the samples differ in size (no crop/resize for a training set, or
             validation labels of different native sizes with batch_size > 1).
@@ -49,8 +53,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "name": [sample["name"] for sample in samples],
         "index": torch.tensor([sample["index"] for sample in samples], dtype=torch.int64),
     }
-    if "label" in samples[0]:
-        batch["label"] = _stack(samples, "label")
+    for key in LABEL_KEYS:
+        if key in samples[0]:
+            batch[key] = _stack(samples, key)
     return batch
 
 
@@ -158,6 +163,7 @@ class TrainStream:
 
         Yields:
             {"image": uint8 [B, 3, H, W], "label": int64 [B, H, W] (labelled datasets),
+             "pseudo_label": int64 [B, H, W] (datasets with pseudo labels),
              "name": list of B str, "index": int64 [B]}.
         """
         loader = DataLoader(

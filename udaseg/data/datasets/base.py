@@ -1,16 +1,22 @@
 """The common part of every dataset reader: config fields, pairing checks, sample assembly.
 
-A reader subclasses `SegmentationDataset`, lists its files (`list_samples`), names the mapping
-of its raw label values (`raw_mapping`) and, if its labels are not plain label images, how to
-read them (`read_raw_label`). The base class does the rest:
+A reader subclasses `SegmentationDataset` and says where its files are: `image_directory`,
+`label_directory`, `list_images()` (every image of the split, relative to `image_directory`),
+`sample_for(entry)` (the files of one image) and, when its list files need normalising,
+`entry_from_list_line`. It names the mapping of its raw label values (`raw_mapping`) and, if its
+labels are not plain label images, how to read them (`read_raw_label`). The base class does the
+rest:
 
-- at construction: checks the root, lists the samples, checks that every image of a labelled
-  role has its label file (listing directories only, no file is opened);
+- at construction: checks the root and folders, lists the samples (every image, sorted, or the
+  list file's entries in order), checks that every image of a labelled role has its label file
+  and, with `pseudo_labels`, its pseudo label (listing directories only, no file is opened);
 - per sample: reads the image and, for labelled roles, the label; maps raw values to train ids
-  of the requested label space; applies the augmentation with a generator seeded per sample.
+  of the requested label space; reads the pseudo label when configured; applies the
+  augmentation to all of them jointly with a generator seeded per sample.
 
-`role="target"` never opens, nor requires, any label file: the target training set is read
-without labels, whatever the layout provides.
+`role="target"` never opens, nor requires, any ground-truth label file: the target training set
+is read without labels, whatever the layout provides. Pseudo labels are a separate input
+(`"pseudo_label"`), never put in place of `"label"`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("source", "target", "val")
 AUGMENTATION_KEYS = ("resize", "random_scale", "crop", "flip")
+# The value of left-out pixels in pseudo-label files (`udaseg pseudo-label` writes 8-bit PNGs).
+PSEUDO_LABEL_IGNORE = 255
 
 
 # `root: toy://source` reads the embedded toy benchmark (generated once into the cache);
@@ -84,6 +92,10 @@ class DatasetConfig:
     random_scale: tuple[float, float] | None = None  # factor range applied after resize
     crop: tuple[int, int] | None = None  # random (height, width) crop; pads image 0, label void
     flip: bool = False  # horizontal flip with probability 0.5
+    # A folder of `<sample name>.png` pseudo labels (8-bit train ids, 255 = ignore, the image's
+    # size), as `udaseg pseudo-label` writes them; a relative path is taken as given when it
+    # exists, else under `root`. Samples then carry "pseudo_label", augmented with the image.
+    pseudo_labels: str | None = None
 
     def validate(self) -> None:
         for key in ("resize", "crop"):
@@ -98,6 +110,8 @@ class DatasetConfig:
                 )
         if not self.root:
             raise ConfigError("root: the dataset root folder is required")
+        if self.pseudo_labels is not None and not self.pseudo_labels.strip():
+            raise ConfigError("pseudo_labels: expected a folder of pseudo labels, or null")
 
 
 @dataclass
@@ -128,8 +142,9 @@ class SegmentationDataset(Dataset):
     """Base class of dataset readers.
 
     A sample is `{"image": uint8 [3, H, W], "label": int64 [H, W] (labelled roles only),
-    "name": str, "index": int}`. `dataset[i]` and `dataset[(i, seed)]` both work: `seed` seeds
-    the `np.random.Generator` of that sample's augmentation; `dataset[i]` uses seed `i`.
+    "pseudo_label": int64 [H, W] (with `config.pseudo_labels` only), "name": str, "index": int}`.
+    `dataset[i]` and `dataset[(i, seed)]` both work: `seed` seeds the `np.random.Generator` of
+    that sample's augmentation; `dataset[i]` uses seed `i`.
 
     Attributes:
         config: the dataset config.
@@ -137,6 +152,7 @@ class SegmentationDataset(Dataset):
         role: "source", "target" or "val".
         labelled: whether samples carry labels (every role but "target").
         mapping: raw label values -> train ids of `label_space` (None when unlabelled).
+        pseudo_label_directory: the folder of pseudo labels (None when not configured).
         samples: the files of each sample, in a fixed (sorted or list-file) order.
         resized_labels: names of samples whose label was resized to its image's size, in this
             process (GTA5 only; data-loading workers keep their own sets).
@@ -170,6 +186,7 @@ class SegmentationDataset(Dataset):
         self._directory_listings: dict[Path, set[str]] = {}
         if not self.root.is_dir():
             raise self.layout_error(f"{self.display_name} root not found")
+        self.pseudo_label_directory = self._find_pseudo_label_directory()
         self.mapping: LabelMapping | None = (
             self.raw_mapping().into(label_space) if self.labelled else None
         )
@@ -180,14 +197,38 @@ class SegmentationDataset(Dataset):
             raise self.layout_error(f"no {self.display_name} images found")
         if self.labelled:
             self._check_labels_exist()
+        if self.pseudo_label_directory is not None:
+            self._check_pseudo_labels_exist()
         self._directory_listings.clear()  # only needed while building; workers get a copy
         self.resized_labels: set[str] = set()
 
     # --- What subclasses provide -------------------------------------------------------------
 
-    def list_samples(self) -> list[SampleFiles]:
-        """The samples, from `config.list_file` when set, else by listing the layout."""
+    @property
+    def image_directory(self) -> Path:
+        """The folder `list_images()` and list-file entries are relative to."""
         raise NotImplementedError
+
+    @property
+    def label_directory(self) -> Path:
+        """The folder of label files, required for labelled roles."""
+        raise NotImplementedError
+
+    def list_images(self) -> list[str]:
+        """Every image of the split, as paths relative to `image_directory` (any order)."""
+        raise NotImplementedError
+
+    def sample_for(self, entry: str) -> SampleFiles:
+        """The files of the image at `entry`, a path relative to `image_directory`."""
+        raise NotImplementedError
+
+    def entry_from_list_line(self, line_number: int, entry: str) -> str:
+        """A list file's entry as a path relative to `image_directory`.
+
+        Layouts override this to accept the papers' spellings (e.g. "images/00001.png") or to
+        reject entries that cannot name an image, with `list_file_error(line_number, ...)`.
+        """
+        return entry
 
     def raw_mapping(self) -> LabelMapping:
         """The mapping of this layout's raw label values (before `.into(label_space)`)."""
@@ -196,6 +237,24 @@ class SegmentationDataset(Dataset):
     def read_raw_label(self, path: Path) -> np.ndarray:
         """Read the raw label values [H, W] of one label file."""
         return read_label(path)
+
+    def list_samples(self) -> list[SampleFiles]:
+        """The samples, from `config.list_file` when set, else every image in sorted order.
+
+        Raises:
+            DataError: a required folder is missing, or a list-file line names no image.
+        """
+        self.require_directory(self.image_directory)
+        if self.labelled:
+            self.require_directory(self.label_directory)
+        if self.config.list_file is None:
+            return [self.sample_for(entry) for entry in sorted(self.list_images())]
+        samples = []
+        for line_number, entry in self.read_list_file():
+            sample = self.sample_for(self.entry_from_list_line(line_number, entry))
+            self.check_listed_image(line_number, entry, sample.image)
+            samples.append(sample)
+        return samples
 
     # --- Helpers for subclasses --------------------------------------------------------------
 
@@ -293,6 +352,34 @@ class SegmentationDataset(Dataset):
                 expected = "" if sample.label is None else f" (expected {sample.label})"
                 raise DataError(f"{sample.image}: image has no label file{expected}")
 
+    def _find_pseudo_label_directory(self) -> Path | None:
+        if self.config.pseudo_labels is None:
+            return None
+        directory = self.resolve(self.config.pseudo_labels)
+        if not directory.is_dir():
+            raise DataError(
+                f"{directory}: pseudo-label folder not found (data.{self.role}.pseudo_labels)"
+            )
+        return directory
+
+    def pseudo_label_file(self, files: SampleFiles) -> Path:
+        """Where the pseudo label of a sample is: `<pseudo_labels>/<sample name>.png`."""
+        assert self.pseudo_label_directory is not None
+        return self.pseudo_label_directory / f"{files.name}.png"
+
+    def _check_pseudo_labels_exist(self) -> None:
+        # Count them all: a pseudo-labelling run that stopped early leaves many missing, and the
+        # count says so at once.
+        missing = [
+            files for files in self.samples if not self.file_exists(self.pseudo_label_file(files))
+        ]
+        if missing:
+            first = missing[0]
+            raise DataError(
+                f"{self.pseudo_label_file(first)}: pseudo-label file not found (image "
+                f"{first.image}; {len(missing)} of {len(self.samples)} samples have none)"
+            )
+
     # --- Reading -----------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -307,7 +394,8 @@ class SegmentationDataset(Dataset):
 
         Returns:
             {"image": uint8 [3, H, W], "label": int64 [H, W] (labelled roles only),
-             "name": str, "index": int}
+             "pseudo_label": int64 [H, W] (with `config.pseudo_labels`), "name": str,
+             "index": int}
         """
         if isinstance(key, tuple):
             index, seed = operator.index(key[0]), operator.index(key[1])
@@ -318,23 +406,48 @@ class SegmentationDataset(Dataset):
         index %= len(self)
         files = self.samples[index]
         image = read_image(files.image)
-        label = None
+        label_maps: dict[str, np.ndarray] = {}
         if self.labelled:
             assert files.label is not None and self.mapping is not None
             raw = self.read_raw_label(files.label)
             raw = self._match_image_size(raw, image, files)
-            label = self.mapping.apply(raw, source=str(files.label))
+            label_maps["label"] = self.mapping.apply(raw, source=str(files.label))
+        if self.pseudo_label_directory is not None:
+            label_maps["pseudo_label"] = self._read_pseudo_label(files, image)
         # SeedSequence needs a non-negative entropy; wrap negative seeds instead of failing.
         generator = np.random.default_rng(seed % 2**64)
-        image, label = self.transform(image, label, generator)
+        image, label_maps = self.transform.apply(image, label_maps, generator)
         sample: dict[str, Any] = {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
             "name": files.name,
             "index": index,
         }
-        if label is not None:
-            sample["label"] = torch.from_numpy(label.astype(np.int64))
+        for key, values in label_maps.items():
+            sample[key] = torch.from_numpy(values.astype(np.int64))
         return sample
+
+    def _read_pseudo_label(self, files: SampleFiles, image: np.ndarray) -> np.ndarray:
+        """The pseudo label [H, W] of a sample, checked against its image [H, W, 3]."""
+        path = self.pseudo_label_file(files)
+        values = read_label(path)
+        if values.shape != image.shape[:2]:
+            raise DataError(
+                f"{path}: pseudo label size {values.shape[0]}x{values.shape[1]} differs from its "
+                f"image's {image.shape[0]}x{image.shape[1]} ({files.image})"
+            )
+        # Values are train ids already (no raw mapping): anything else means the file was made
+        # for another label space, and training on it would silently teach the wrong classes.
+        space = self.label_space
+        valid = ((values >= 0) & (values < space.num_classes)) | (values == PSEUDO_LABEL_IGNORE)
+        if not valid.all():
+            bad_values = np.unique(values[~valid])[:5].tolist()
+            raise DataError(
+                f"{path}: pseudo-label values {bad_values} are neither train ids of {space.name} "
+                f"(0..{space.num_classes - 1}) nor {PSEUDO_LABEL_IGNORE}"
+            )
+        if space.ignore_index != PSEUDO_LABEL_IGNORE:
+            values = np.where(values == PSEUDO_LABEL_IGNORE, space.ignore_index, values)
+        return values
 
     def _match_image_size(
         self, raw: np.ndarray, image: np.ndarray, files: SampleFiles
@@ -390,6 +503,22 @@ def _header_size(path: Path) -> tuple[int, int]:
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: cannot read image header ({error})") from None
     return height, width
+
+
+def list_image_files(
+    directory: Path, extensions: tuple[str, ...] = (".png",), recursive: bool = False
+) -> list[str]:
+    """The files of `directory` whose extension (any case) is one of `extensions`.
+
+    Returns:
+        POSIX paths relative to `directory`, unsorted; subfolders are searched when `recursive`.
+    """
+    paths = directory.rglob("*") if recursive else directory.iterdir()
+    return [
+        path.relative_to(directory).as_posix()
+        for path in paths
+        if path.suffix.lower() in extensions and path.is_file()
+    ]
 
 
 def _relative_to(path: Path, root: Path) -> str:

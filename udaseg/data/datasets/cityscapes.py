@@ -13,6 +13,7 @@ names are the image paths relative to `leftImg8bit/<split>/` without extension
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from udaseg.data.datasets.base import DatasetConfig, SampleFiles, SegmentationDataset
@@ -45,37 +46,37 @@ class CityscapesDataset(SegmentationDataset):
             return CITYSCAPES_TRAIN_IDS
         return CITYSCAPES_LABEL_IDS
 
-    def list_samples(self) -> list[SampleFiles]:
-        images = self.root / "leftImg8bit" / self.config.split
-        self.require_directory(images)
-        if self.labelled:
-            self.require_directory(self.root / "gtFine" / self.config.split)
-        if self.config.list_file is None:
-            relative_paths = sorted(
-                f"{city.name}/{path.name}"
-                for city in images.iterdir()
-                if city.is_dir()
-                for path in city.iterdir()
-                if path.name.endswith(IMAGE_SUFFIX)
-            )
-            return [self._sample(relative) for relative in relative_paths]
-        samples = []
-        for line_number, entry in self.read_list_file():
-            if not entry.endswith(IMAGE_SUFFIX):
-                raise self.list_file_error(
-                    line_number, f"{entry} is not a Cityscapes image name (*{IMAGE_SUFFIX})"
-                )
-            sample = self._sample(entry)
-            self.check_listed_image(line_number, entry, sample.image)
-            samples.append(sample)
-        return samples
+    @property
+    def image_directory(self) -> Path:
+        return self.root / "leftImg8bit" / self.config.split
 
-    def _sample(self, relative: str) -> SampleFiles:
-        """`relative` is "<city>/<city>_<seq>_<frame>_leftImg8bit.png"."""
-        split = self.config.split
-        base = relative[: -len(IMAGE_SUFFIX)]
+    @property
+    def label_directory(self) -> Path:
+        return self.root / "gtFine" / self.config.split
+
+    def list_images(self) -> list[str]:
+        return [
+            f"{city.name}/{path.name}"
+            for city in self.image_directory.iterdir()
+            if city.is_dir()
+            for path in city.iterdir()
+            if path.name.endswith(IMAGE_SUFFIX)
+        ]
+
+    def entry_from_list_line(self, line_number: int, entry: str) -> str:
+        # The label path is derived from the image name's suffix, so anything else (e.g. a
+        # gtFine file listed by mistake) cannot be paired.
+        if not entry.endswith(IMAGE_SUFFIX):
+            raise self.list_file_error(
+                line_number, f"{entry} is not a Cityscapes image name (*{IMAGE_SUFFIX})"
+            )
+        return entry
+
+    def sample_for(self, entry: str) -> SampleFiles:
+        """`entry` is "<city>/<city>_<seq>_<frame>_leftImg8bit.png"."""
+        base = entry[: -len(IMAGE_SUFFIX)]
         return SampleFiles(
-            name=relative[: -len(".png")],
-            image=self.root / "leftImg8bit" / split / relative,
-            label=self.root / "gtFine" / split / f"{base}_gtFine_{self.config.label_type}.png",
+            name=entry[: -len(".png")],
+            image=self.image_directory / entry,
+            label=self.label_directory / f"{base}_gtFine_{self.config.label_type}.png",
         )

@@ -27,6 +27,7 @@ from udaseg.data.datasets.base import (
     SegmentationDataset,
     UnsplitDatasetConfig,
     identity_mapping,
+    list_image_files,
 )
 from udaseg.data.label_spaces import LabelMapping, LabelSpace, get_label_space
 from udaseg.errors import ConfigError, DataError
@@ -100,34 +101,23 @@ class FolderDataset(SegmentationDataset):
     def label_directory(self) -> Path:
         return self.root / Path(self.config.labels or "").expanduser()
 
+    def list_images(self) -> list[str]:
+        return list_image_files(
+            self.image_directory, IMAGE_EXTENSIONS, recursive=self.config.recursive
+        )
+
     def list_samples(self) -> list[SampleFiles]:
-        images = self.image_directory
-        self.require_directory(images)
-        if self.labelled:
-            self.require_directory(self.label_directory)
-        if self.config.list_file is None:
-            pattern = "**/*" if self.config.recursive else "*"
-            relative_paths = sorted(
-                path.relative_to(images).as_posix()
-                for path in images.glob(pattern)
-                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-            )
-            samples = [self._sample(relative) for relative in relative_paths]
-        else:
-            samples = []
-            for line_number, entry in self.read_list_file():
-                sample = self._sample(entry)
-                self.check_listed_image(line_number, entry, sample.image)
-                samples.append(sample)
+        samples = super().list_samples()
+        # Unlike the fixed layouts, a folder may hold a.png next to a.jpg.
         self._check_unique_names(samples)
         return samples
 
-    def _sample(self, relative: str) -> SampleFiles:
-        name = str(PurePosixPath(relative).with_suffix(""))
+    def sample_for(self, entry: str) -> SampleFiles:
+        name = str(PurePosixPath(entry).with_suffix(""))
         label_file = f"{name}{self.config.label_suffix}{self.config.label_extension}"
         return SampleFiles(
             name=name,
-            image=self.image_directory / relative,
+            image=self.image_directory / entry,
             label=self.label_directory / label_file if self.config.labels else None,
         )
 

@@ -14,7 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from udaseg.data.datasets.base import SampleFiles, SegmentationDataset, UnsplitDatasetConfig
+from udaseg.data.datasets.base import (
+    SampleFiles,
+    SegmentationDataset,
+    UnsplitDatasetConfig,
+    list_image_files,
+)
 from udaseg.data.label_spaces import GTA5_LABEL_IDS, LabelMapping
 from udaseg.registry import DATASETS
 
@@ -36,31 +41,24 @@ class GTA5Dataset(SegmentationDataset):
     def raw_mapping(self) -> LabelMapping:
         return GTA5_LABEL_IDS
 
-    def list_samples(self) -> list[SampleFiles]:
-        images = self.root / "images"
-        labels = self.root / "labels"
-        self.require_directory(images)
-        if self.labelled:
-            self.require_directory(labels)
-        if self.config.list_file is None:
-            files = sorted(path.name for path in images.iterdir() if _is_png(path))
-            return [self._sample(file_name) for file_name in files]
-        samples = []
-        for line_number, entry in self.read_list_file():
-            # Accept "00001.png" (AdaptSegNet/ADVENT lists) and "images/00001.png".
-            file_name = entry.removeprefix("images/")
-            sample = self._sample(file_name)
-            self.check_listed_image(line_number, entry, sample.image)
-            samples.append(sample)
-        return samples
+    @property
+    def image_directory(self) -> Path:
+        return self.root / "images"
 
-    def _sample(self, file_name: str) -> SampleFiles:
+    @property
+    def label_directory(self) -> Path:
+        return self.root / "labels"
+
+    def list_images(self) -> list[str]:
+        return list_image_files(self.image_directory)
+
+    def entry_from_list_line(self, line_number: int, entry: str) -> str:
+        # Accept "00001.png" (AdaptSegNet/ADVENT lists) and "images/00001.png".
+        return entry.removeprefix("images/")
+
+    def sample_for(self, entry: str) -> SampleFiles:
         return SampleFiles(
-            name=Path(file_name).stem,
-            image=self.root / "images" / file_name,
-            label=self.root / "labels" / file_name,
+            name=Path(entry).stem,
+            image=self.image_directory / entry,
+            label=self.label_directory / entry,
         )
-
-
-def _is_png(path: Path) -> bool:
-    return path.suffix.lower() == ".png" and path.is_file()

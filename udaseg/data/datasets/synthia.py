@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.datasets.base import SampleFiles, SegmentationDataset, UnsplitDatasetConfig
+from udaseg.data.datasets.base import (
+    SampleFiles,
+    SegmentationDataset,
+    UnsplitDatasetConfig,
+    list_image_files,
+)
 from udaseg.data.io import read_label, read_png16
 from udaseg.data.label_spaces import SYNTHIA_IDS, LabelMapping
 from udaseg.registry import DATASETS
@@ -46,6 +51,10 @@ class SynthiaDataset(SegmentationDataset):
         return SYNTHIA_IDS
 
     @property
+    def image_directory(self) -> Path:
+        return self.root / "RGB"
+
+    @property
     def label_directory(self) -> Path:
         if self.config.labels_dir is not None:
             return self.root / Path(self.config.labels_dir).expanduser()
@@ -57,28 +66,16 @@ class SynthiaDataset(SegmentationDataset):
         # [H, W, C] uint16: channel 0 is the class id, the others hold instance data.
         return read_png16(path)[:, :, 0]
 
-    def list_samples(self) -> list[SampleFiles]:
-        images = self.root / "RGB"
-        self.require_directory(images)
-        if self.labelled:
-            self.require_directory(self.label_directory)
-        if self.config.list_file is None:
-            files = sorted(
-                path.name
-                for path in images.iterdir()
-                if path.suffix.lower() == ".png" and path.is_file()
-            )
-            return [self._sample(file_name) for file_name in files]
-        samples = []
-        for line_number, entry in self.read_list_file():
-            sample = self._sample(entry.removeprefix("RGB/"))
-            self.check_listed_image(line_number, entry, sample.image)
-            samples.append(sample)
-        return samples
+    def list_images(self) -> list[str]:
+        return list_image_files(self.image_directory)
 
-    def _sample(self, file_name: str) -> SampleFiles:
+    def entry_from_list_line(self, line_number: int, entry: str) -> str:
+        # BDL/FDA lists say "RGB/0000000.png"; bare file names work too.
+        return entry.removeprefix("RGB/")
+
+    def sample_for(self, entry: str) -> SampleFiles:
         return SampleFiles(
-            name=Path(file_name).stem,
-            image=self.root / "RGB" / file_name,
-            label=self.label_directory / file_name,
+            name=Path(entry).stem,
+            image=self.image_directory / entry,
+            label=self.label_directory / entry,
         )
