@@ -1,16 +1,22 @@
-"""predict_logits (whole, slide, flip, align_corners, padding) and evaluate()."""
+"""predict_logits (whole, slide, flip, align_corners, padding, resize) and evaluate()."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from udaseg.config import EvalConfig
+from udaseg.config import EvalConfig, load_config
 from udaseg.data.label_spaces import EvalSubset, LabelSpace
+from udaseg.data.transforms import resize_image
 from udaseg.errors import ConfigError
-from udaseg.evaluation.evaluate import evaluate
-from udaseg.evaluation.inference import predict_logits
+from udaseg.evaluation.evaluate import evaluate, protocol_of
+from udaseg.evaluation.inference import RESIZE_METHODS, predict_logits, resize_images
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pointwise_forward(seed: int = 0, classes: int = 5) -> torch.nn.Conv2d:
@@ -199,3 +205,89 @@ def test_evaluate_with_an_oracle_forward():
 
     limited = evaluate(oracle, batches, SPACE, EvalConfig(max_images=3, flip=True), "cpu")
     assert limited.num_images == 3 and limited.protocol["flip"] is True
+
+
+# --- Resizing to eval.input_size (eval.resize) --------------------------------------------------
+
+
+def seen_inputs(images: torch.Tensor, **settings) -> torch.Tensor:
+    """The batch `predict_logits` hands to the network, for a 1-channel identity forward."""
+    seen = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.clone())
+        return batch[:, :1]
+
+    predict_logits(forward, images, output_size=(4, 4), **settings)
+    return seen[0]
+
+
+@torch.no_grad()
+def test_pil_resize_is_the_datasets_resize_image_exactly():
+    images = images_of(2, 37, 53, seed=4)
+    expected = torch.stack(
+        [
+            torch.from_numpy(resize_image(image.permute(1, 2, 0).numpy(), (24, 32)).copy()).permute(
+                2, 0, 1
+            )
+            for image in images
+        ]
+    ).float()
+    for batch in (images, images.float()):  # uint8, or float holding uint8 values
+        assert torch.equal(resize_images(batch, (24, 32), resize="pil"), expected)
+        assert torch.equal(seen_inputs(batch, input_size=(24, 32), resize="pil"), expected)
+    # "pil" is the default, as in EvalConfig and the original loaders.
+    assert torch.equal(seen_inputs(images, input_size=(24, 32)), expected)
+    # Upsampling too (FDA's 1344x576 from a smaller image, say).
+    upsampled = resize_image(images[0].permute(1, 2, 0).numpy(), (50, 70))
+    assert torch.equal(
+        resize_images(images[:1], (50, 70))[0],
+        torch.from_numpy(upsampled.copy()).permute(2, 0, 1).float(),
+    )
+
+
+@torch.no_grad()
+def test_torch_resize_is_the_antialiased_bicubic_of_before():
+    images = images_of(2, 37, 53, seed=5)
+    # udaseg's resize before eval.resize existed, written out.
+    before = F.interpolate(
+        images.float(), size=(24, 32), mode="bicubic", align_corners=False, antialias=True
+    ).clamp(0, 255)
+    assert torch.equal(seen_inputs(images, input_size=(24, 32), resize="torch"), before)
+    assert torch.equal(resize_images(images, (24, 32), resize="torch"), before)
+    # The two methods are different pixels, which is why the protocol records the choice.
+    assert not torch.equal(resize_images(images, (24, 32), resize="pil"), before)
+    # At the input size already, both leave the pixels alone.
+    for method in RESIZE_METHODS:
+        assert torch.equal(resize_images(images, (37, 53), resize=method), images.float())
+    with pytest.raises(ConfigError, match="eval.resize"):
+        resize_images(images, (24, 32), resize="bilinear")
+
+
+# The experiment configs that reproduce the papers' released numbers.
+PAPER_EXPERIMENTS = (
+    "adaptsegnet_feature_gta5_cityscapes",
+    "adaptsegnet_multi_gta5_cityscapes",
+    "adaptsegnet_single_gta5_cityscapes",
+    "advent_gta5_cityscapes",
+    "advent_minent_gta5_cityscapes",
+    "dann_gta5_cityscapes",
+    "minent_gta5_cityscapes",
+    "source_only_gta5_cityscapes",
+    "source_only_synthia_cityscapes",
+    "structure_enhancement_gta5_cityscapes",
+)
+
+
+def test_eval_resize_setting_is_recorded_and_explicit_in_the_experiment_configs():
+    assert EvalConfig().resize == "pil"
+    assert protocol_of(EvalConfig())["resize"] == "pil"
+    assert protocol_of(EvalConfig(resize="torch"))["resize"] == "torch"
+    with pytest.raises(ConfigError, match="eval.resize"):
+        load_config(None, ["eval.resize=bilinear"])
+    for name in PAPER_EXPERIMENTS:
+        path = REPO / "udaseg" / "configs" / "experiments" / f"{name}.yaml"
+        # Stated in the file itself, not inherited from a default that could change.
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert raw["eval"]["resize"] == "pil", path.name
+        assert load_config(path, []).eval.resize == "pil"

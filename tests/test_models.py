@@ -23,6 +23,7 @@ from udaseg.models.discriminators import (
 )
 from udaseg.models.normalization import InputNormalization, normalize_images
 from udaseg.models.vgg import DeepLabVGG
+from udaseg.models.weights import load_released_checkpoint
 from udaseg.registry import MODELS
 
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -166,11 +167,14 @@ def test_initialisation_is_normal_001_and_bn_identity():
 # --- Forward ----------------------------------------------------------------------------------
 
 
-def reference_forward(state, images, dilations, branches, multi_level, bn_training=False):
+def reference_forward(
+    state, images, dilations, branches, multi_level, bn_training=False, heads=True
+):
     """DeepLabV2 written with torch.nn.functional from REFERENCE §1.1 alone, for one bottleneck
     per stage: Caffe BGR mean subtraction; stem 7x7/2 pad 3, BN, ReLU, max-pool 3/2 pad 1 ceil;
     bottleneck 1x1 (stride) -> 3x3 (dilation = padding) -> 1x1, projection shortcut, ReLU after
-    the sum; stages s1d1, s2d1, s1d2, s1d4; heads summing the first `branches` dilated convs."""
+    the sum; stages s1d1, s2d1, s1d2, s1d4; heads summing the first `branches` dilated convs
+    (`heads=False`: only the layer4 map, as the third element)."""
     state = {key: value.clone() for key, value in state.items()}
     mean = torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
     x = images[:, [2, 1, 0]] - mean
@@ -210,6 +214,8 @@ def reference_forward(state, images, dilations, branches, multi_level, bn_traini
             total = total + F.conv2d(features, weight, bias, padding=dilation, dilation=dilation)
         return total
 
+    if not heads:
+        return None, None, x
     if multi_level:
         return head(x, "layer6"), head(layer3, "layer5"), x
     return head(x, "layer5"), None, x
@@ -420,6 +426,205 @@ def test_default_config_is_the_papers_resnet101():
     )
     assert config.aspp_dilations == (6, 12, 18, 24)
     assert (config.bn, config.input_normalization) == ("half_frozen", "caffe_bgr")
+
+
+# --- ProDA's head (REFERENCE §1.4) -------------------------------------------------------------
+
+PRODA_DILATIONS = (6, 12, 18, 24)
+
+
+def expected_proda_head(num_classes, in_channels=2048, channels=256, hidden=80, branches=5):
+    """ProDA's `Classifier_Module2` keys and shapes in registration order, as microsoft/ProDA
+    models/deeplabv2.py builds it: `conv2d_list.i` = Sequential(conv with bias, GroupNorm,
+    ReLU), the first 1x1 and the others 3x3; `bottleneck` = Sequential(SEBlock whose `se` is
+    Sequential(Linear, ReLU, Linear, Sigmoid), 3x3 conv with bias, GroupNorm); `head` =
+    Sequential(Dropout2d, 1x1 conv without bias)."""
+    shapes = {}
+    for branch in range(branches):
+        kernel = 1 if branch == 0 else 3
+        prefix = f"layer5.conv2d_list.{branch}"
+        shapes[f"{prefix}.0.weight"] = (channels, in_channels, kernel, kernel)
+        shapes[f"{prefix}.0.bias"] = (channels,)
+        shapes[f"{prefix}.1.weight"] = (channels,)
+        shapes[f"{prefix}.1.bias"] = (channels,)
+    concatenated = branches * channels
+    shapes["layer5.bottleneck.0.se.0.weight"] = (hidden, concatenated)
+    shapes["layer5.bottleneck.0.se.0.bias"] = (hidden,)
+    shapes["layer5.bottleneck.0.se.2.weight"] = (concatenated, hidden)
+    shapes["layer5.bottleneck.0.se.2.bias"] = (concatenated,)
+    shapes["layer5.bottleneck.1.weight"] = (channels, concatenated, 3, 3)
+    shapes["layer5.bottleneck.1.bias"] = (channels,)
+    shapes["layer5.bottleneck.2.weight"] = (channels,)
+    shapes["layer5.bottleneck.2.bias"] = (channels,)
+    shapes["layer5.head.1.weight"] = (num_classes, channels, 1, 1)
+    return shapes
+
+
+def reference_proda_head(state, features, dilations, groups):
+    """ProDA's head forward in eval mode with torch.nn.functional: (logits, 256-d features)."""
+
+    def branch(index, dilation, kernel):
+        prefix = f"layer5.conv2d_list.{index}"
+        padding = dilation if kernel == 3 else 0
+        out = F.conv2d(
+            features,
+            state[f"{prefix}.0.weight"],
+            state[f"{prefix}.0.bias"],
+            padding=padding,
+            dilation=dilation,
+        )
+        out = F.group_norm(out, groups, state[f"{prefix}.1.weight"], state[f"{prefix}.1.bias"])
+        return F.relu(out)
+
+    outputs = [branch(0, 1, 1)]
+    outputs += [branch(index, d, 3) for index, d in enumerate(dilations, start=1)]
+    x = torch.cat(outputs, dim=1)
+    pooled = x.mean(dim=(2, 3))
+    squeezed = F.relu(
+        F.linear(
+            pooled, state["layer5.bottleneck.0.se.0.weight"], state["layer5.bottleneck.0.se.0.bias"]
+        )
+    )
+    channel_weights = torch.sigmoid(
+        F.linear(
+            squeezed,
+            state["layer5.bottleneck.0.se.2.weight"],
+            state["layer5.bottleneck.0.se.2.bias"],
+        )
+    )
+    x = x * channel_weights[:, :, None, None]
+    x = F.conv2d(
+        x, state["layer5.bottleneck.1.weight"], state["layer5.bottleneck.1.bias"], padding=1
+    )
+    x = F.group_norm(
+        x, groups, state["layer5.bottleneck.2.weight"], state["layer5.bottleneck.2.bias"]
+    )
+    return F.conv2d(x, state["layer5.head.1.weight"]), x
+
+
+def proda_layout_state_dict(num_classes, blocks, width=64, seed=0):
+    """A state_dict in ProDA's key layout built without the ProDA head module: the backbone of
+    an aspp_sum model (keys shared by both layouts, REFERENCE §1.4), then random head tensors
+    of `expected_proda_head`'s shapes."""
+    generator = torch.Generator().manual_seed(seed)
+    backbone = DeepLabV2(num_classes, blocks=blocks, width=width).state_dict()
+    state = {k: v for k, v in backbone.items() if not k.startswith("layer5.")}
+    channels = 256 * width // 64
+    for key, shape in expected_proda_head(
+        num_classes, 32 * width, channels, channels * 5 // 16
+    ).items():
+        state[key] = torch.randn(shape, generator=generator) * 0.05
+    return state
+
+
+def test_proda_head_has_prodas_keys_and_shapes_at_the_released_width():
+    with torch.device("meta"):
+        model = DeepLabV2(num_classes=19, head="proda")
+    state = model.state_dict()
+    head = expected_proda_head(19)
+    assert list(state) == expected_resnet_keys((3, 4, 23, 3), []) + list(head)
+    for key, shape in head.items():
+        assert tuple(state[key].shape) == shape, key
+    assert model.feature_channels == 256 and model.head_prefixes == ("layer5.",)
+    layer5 = model.layer5
+    assert layer5.conv2d_list[0][0].kernel_size == (1, 1)
+    for index, dilation in enumerate(PRODA_DILATIONS, start=1):
+        conv = layer5.conv2d_list[index][0]
+        assert conv.dilation == (dilation, dilation) and conv.padding == (dilation, dilation)
+    norms = [m for m in layer5.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 6 and all(m.num_groups == 32 for m in norms)
+    assert isinstance(layer5.head[0], nn.Dropout2d) and layer5.head[0].p == 0.1
+    assert layer5.head[1].bias is None
+    # A state_dict of ProDA's full ResNet-101 layout (shapes only, on the meta device) fits
+    # strictly; the head's keys come from the independent list above.
+    proda = {k: v for k, v in state.items() if not k.startswith("layer5.")}
+    proda.update({k: torch.empty(shape, device="meta") for k, shape in head.items()})
+    assert not model.load_state_dict(proda, strict=True).missing_keys
+
+
+def test_proda_checkpoint_in_prodas_layout_loads_strictly_and_predicts_like_the_reference(
+    tmp_path,
+):
+    # The released width (64) gives ProDA's exact head shapes; one bottleneck per stage keeps
+    # the file small. ProDA's .pkl stores ['ResNet101']['model_state'] (REFERENCE §1.3).
+    state = proda_layout_state_dict(19, blocks=(1, 1, 1, 1))
+    torch.save(
+        {"ResNet101": {"model_state": state}, "objective_vectors": torch.zeros(19, 256)},
+        tmp_path / "from_gta5_to_cityscapes_on_deeplab101_best_model.pkl",
+    )
+    model = DeepLabV2(19, blocks=(1, 1, 1, 1), head="proda")
+    report = load_released_checkpoint(
+        model, tmp_path / "from_gta5_to_cityscapes_on_deeplab101_best_model.pkl"
+    )
+    assert report.loaded == len(state) and report.untracked == 0
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    model.eval()
+    batch = images(batch=1, height=33, width=41)
+    with torch.no_grad():
+        outputs = model(batch)
+    _, _, layer4 = reference_forward(state, batch, PRODA_DILATIONS, 4, False, heads=False)
+    logits, features = reference_proda_head(state, layer4, PRODA_DILATIONS, groups=32)
+    assert tuple(outputs["features"].shape) == (1, 256, 5, 6)
+    torch.testing.assert_close(outputs["logits"], logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs["features"], features, rtol=1e-4, atol=1e-4)
+
+
+def test_proda_features_are_what_the_classifier_reads_after_dropout():
+    torch.manual_seed(3)
+    model = small(head="proda", width=8)  # decoder 256 * 8 / 64 = 32 channels
+    assert model.feature_channels == 32
+    model.train()
+    outputs = model(images())
+    assert tuple(outputs["features"].shape) == (2, 32, 6, 8)
+    # Dropout2d zeroes whole channels in train mode, and the logits are the 1x1 conv of exactly
+    # these (dropped-out) features, as ProDA's `feat`.
+    zeroed = outputs["features"].abs().sum(dim=(2, 3)) == 0
+    assert zeroed.any()
+    classifier = model.layer5.head[1].weight
+    torch.testing.assert_close(outputs["logits"], F.conv2d(outputs["features"], classifier))
+
+
+def test_proda_head_scales_with_width_for_small_members():
+    model = small(head="proda")  # width 4: decoder 16 channels, SE 80 -> 5 -> 80
+    state = model.state_dict()
+    head = expected_proda_head(5, in_channels=128, channels=16, hidden=5)
+    assert {k: tuple(v.shape) for k, v in state.items() if k.startswith("layer5.")} == head
+    # GroupNorm keeps ProDA's 32 groups where the channels allow, else gcd(32, channels).
+    assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {16}
+    assert model.param_groups()["head"] == list(model.layer5.parameters())
+
+
+def test_proda_head_initialisation_follows_prodas_effective_init():
+    torch.manual_seed(0)
+    model = DeepLabV2(num_classes=19, blocks=(1, 1, 1, 1), width=16, head="proda")
+    layer5 = model.layer5
+    convs = [m for m in layer5.modules() if isinstance(m, nn.Conv2d)]
+    weights = torch.cat([conv.weight.flatten() for conv in convs])
+    # ProDA's ResNet redraws every conv weight, the head's included, from N(0, 0.01).
+    assert abs(weights.std().item() - 0.01) < 5e-4
+    assert torch.all(layer5.bottleneck[1].bias == 0)
+    linears = [m for m in layer5.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 and all(torch.all(m.bias == 0) for m in linears)
+    norms = [m for m in layer5.modules() if isinstance(m, nn.GroupNorm)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+
+
+def test_proda_head_config():
+    base = ["model.name=deeplabv2", "model.blocks=[1,1,1,1]", "model.width=8"]
+    config = load_config(None, [*base, "model.head=proda", "model.input_normalization=unit"])
+    model = build_segmentor(config.model, 19)
+    assert model.head_type == "proda" and model.feature_channels == 32
+    assert load_config(None, ["model.name=deeplabv2"]).model.head == "aspp_sum"
+    for overrides, message in (
+        (["model.head=proda", "model.multi_level=true"], "proda is single-level"),
+        (["model.head=proda", "model.aspp_branches=2"], "aspp_branches"),
+        (["model.head=psp"], "model.head"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [*base, *overrides])
+    with pytest.raises(ConfigError, match="single-level"):
+        small(head="proda", multi_level=True)
 
 
 # --- VGG16 --------------------------------------------------------------------------------------

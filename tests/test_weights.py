@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from udaseg.config import load_config
+from udaseg.engine import checkpoint as checkpoint_module
 from udaseg.errors import CheckpointError
 from udaseg.models import build_segmentor
 from udaseg.models import weights as weights_module
 from udaseg.models.deeplabv2 import DeepLabV2
+from udaseg.models.discriminators import FCDiscriminator, load_discriminator_weights
 from udaseg.models.weights import (
     KnownWeights,
     cache_path_for_url,
@@ -24,6 +26,7 @@ from udaseg.models.weights import (
     hash_prefix_from_name,
     load_init_weights,
     load_released_checkpoint,
+    load_state_dict_strictly,
     read_checkpoint,
     resolve_source,
 )
@@ -394,3 +397,119 @@ def test_torchvision_keyed_vgg16_init_loads_into_deeplab_vgg(tmp_path):
     assert "features.29.weight" in skipped and "features.31.bias" in skipped
     assert "classifier.conv2d_list.0.weight" in skipped
     assert any("24/26/28" in note for note in report.notes)
+
+
+# --- ProDA's head ---------------------------------------------------------------------------------
+
+
+def test_released_checkpoint_hints_for_the_proda_head(tmp_path):
+    torch.save(small(head="proda").state_dict(), tmp_path / "proda.pkl")
+    with pytest.raises(CheckpointError, match=r"proda\.pkl.*Classifier_Module2.*model\.head=proda"):
+        load_released_checkpoint(small(), tmp_path / "proda.pkl")
+    torch.save(small().state_dict(), tmp_path / "aspp.pth")
+    with pytest.raises(CheckpointError, match="set model.head=aspp_sum"):
+        load_released_checkpoint(small(head="proda"), tmp_path / "aspp.pth")
+    torch.save(small(num_classes=16, head="proda").state_dict(), tmp_path / "proda16.pkl")
+    with pytest.raises(CheckpointError, match="predicts 16 classes.*synthia16"):
+        load_released_checkpoint(small(head="proda"), tmp_path / "proda16.pkl")
+    state = small(head="proda").state_dict()
+    state["bn_pretrain.weight"] = torch.ones(128)
+    torch.save(state, tmp_path / "bn_clr.pkl")
+    with pytest.raises(CheckpointError, match="bn_clr"):
+        load_released_checkpoint(small(head="proda"), tmp_path / "bn_clr.pkl")
+
+
+def test_model_facts_record_the_head():
+    config = {
+        "model": {"name": "deeplabv2", "head": "proda", "multi_level": False},
+        "data": {"label_space": "cityscapes19"},
+    }
+    facts = checkpoint_module._model_facts(config)
+    assert facts["head"] == "proda" and facts["label_space"] == "cityscapes19"
+
+
+# --- One reader, one strict load ------------------------------------------------------------------
+
+
+def test_training_checkpoints_and_weights_share_one_reader(tmp_path):
+    import safetensors.torch as safetensors_torch
+
+    # The same refusal, word for word, from both entry points.
+    torch.save({"format": "udaseg-checkpoint", "extra": Payload()}, tmp_path / "pickled.pt")
+    messages = []
+    for reader in (read_checkpoint, checkpoint_module.load_file):
+        with pytest.raises(CheckpointError) as error:
+            reader(tmp_path / "pickled.pt")
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    assert "refuses to unpickle" in messages[0] and "Payload" in messages[0]
+    with pytest.raises(CheckpointError, match=r"absent\.pt: checkpoint not found"):
+        checkpoint_module.load_file(tmp_path / "absent.pt")
+    with pytest.raises(CheckpointError, match=r"absent\.pt: checkpoint not found"):
+        read_checkpoint(tmp_path / "absent.pt")
+    # safetensors is read by both (a udaseg checkpoint is never one, so read_checkpoint of the
+    # engine then refuses it as "not a udaseg checkpoint").
+    tensors = {"conv1.weight": torch.arange(6.0).view(2, 3)}
+    safetensors_torch.save_file(tensors, str(tmp_path / "weights.safetensors"))
+    assert torch.equal(
+        checkpoint_module.load_file(tmp_path / "weights.safetensors")["conv1.weight"],
+        tensors["conv1.weight"],
+    )
+    with pytest.raises(CheckpointError, match="not a udaseg checkpoint"):
+        checkpoint_module.read_checkpoint(tmp_path / "weights.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(CheckpointError, match="broken.safetensors: not a readable safetensors"):
+        checkpoint_module.load_file(tmp_path / "broken.safetensors")
+
+
+def test_strict_load_reports_missing_unexpected_and_mismatched_in_one_line():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    state = {k: torch.full_like(v, 2) for k, v in module.state_dict().items()}
+    del state["0.bias"]
+    state["0.weight"] = torch.zeros(5, 3, 1, 1)
+    state["2.weight"] = torch.zeros(4)
+    asked = []
+    with pytest.raises(CheckpointError) as error:
+        load_state_dict_strictly(
+            module, state, "model.pth", hints=lambda: asked.append(1) or ["set x=1"]
+        )
+    message = str(error.value)
+    assert "\n" not in message and asked == [1]
+    assert message == (
+        "model.pth: does not fit the model (missing 0.bias; unexpected 2.weight; shape "
+        "mismatch 0.weight (5x3x1x1 in the file, 4x3x1x1 here)): set x=1"
+    )
+    # Nothing was loaded.
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in before.items())
+
+
+def test_strict_load_tolerates_only_untracked_batch_norm_counters_when_asked():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    state = {k: torch.full_like(v, 2) for k, v in module.state_dict().items()}
+    del state["1.num_batches_tracked"]
+    with pytest.raises(CheckpointError, match=r"missing 1\.num_batches_tracked"):
+        load_state_dict_strictly(module, state, "old.pth")
+    asked = []
+    differences = load_state_dict_strictly(
+        module, state, "old.pth", tolerate_untracked=True, hints=lambda: asked.append(1) or []
+    )
+    assert differences.fits and differences.untracked == 1 and asked == []
+    assert torch.all(module[1].running_mean == 2) and torch.all(module[0].weight == 2)
+    assert module[1].num_batches_tracked.item() == 0
+
+
+def test_the_three_strict_loaders_report_alike(tmp_path):
+    # "<file>: does not fit <target> (shape mismatch <key> (<shape> in the file, <shape> here)"
+    pattern = r"^\S+: does not fit .+? \(shape mismatch \S+ \(\S+ in the file, \S+ here\)"
+    torch.save(small(width=8).state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match=pattern):
+        load_released_checkpoint(small(), tmp_path / "wide.pth")
+    torch.save(FCDiscriminator(5, base_channels=4).state_dict(), tmp_path / "d.pth")
+    with pytest.raises(CheckpointError, match=pattern) as error:
+        load_discriminator_weights(FCDiscriminator(6, base_channels=4), tmp_path / "d.pth")
+    assert "FCDiscriminator(in_channels=6)" in str(error.value)
+    payload = {"modules": {"segmentor": small(width=8).state_dict()}}
+    with pytest.raises(CheckpointError, match=pattern) as error:
+        checkpoint_module.load_module_states(payload, {"segmentor": small()}, "last.pt")
+    assert "the module 'segmentor'" in str(error.value)

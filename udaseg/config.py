@@ -94,27 +94,8 @@ class DataConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    """One optimizer, for one trainable module (`optim.<module name>`)."""
-
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 2.5e-4
-    momentum: float = 0.9  # SGD only
-    betas: tuple[float, float] = (0.9, 0.99)  # Adam/AdamW only
-    weight_decay: float = 5e-4
-    head_lr_multiplier: float = 10.0  # lr x this for the parameters the module marks as head
-    nesterov: bool = False
-
-
-def _default_optimizers() -> dict[str, OptimizerConfig]:
-    # The segmentor's: SGD as the DeepLabV2 papers. A method's other modules (discriminators...)
-    # take the method's `default_optimizers` unless the config sets `optim.<name>`.
-    return {"segmentor": OptimizerConfig()}
-
-
-@dataclass
 class ScheduleConfig:
-    """Learning-rate schedule, the same shape for every optimizer (each keeps its own base lr)."""
+    """Learning-rate schedule (`schedule`, or `optim.<name>.schedule` for one optimizer)."""
 
     name: Literal["poly", "constant", "step"] = "poly"
     total_steps: int | None = (
@@ -125,6 +106,36 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up from warmup_ratio * lr
     warmup_ratio: float = 1e-6
+
+
+@dataclass
+class OptimizerConfig:
+    """One optimizer, for one trainable module (`optim.<module name>`)."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 2.5e-4
+    momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] = (0.9, 0.99)  # Adam/AdamW only
+    weight_decay: float = 5e-4
+    head_lr_multiplier: float = 10.0  # lr x this for the parameters the module marks as head
+    nesterov: bool = False
+    # weight_decay x this per parameter group the module names ("backbone", "head", ...); a
+    # group not listed keeps 1.0 (DAFormer gives norms and position embeddings 0).
+    weight_decay_multipliers: dict[str, float] = field(default_factory=dict)
+    # This optimizer's own schedule; None follows the top-level `schedule` (the papers decay
+    # the discriminators' Adam with the segmentor's poly; BDL's translation GANs do not).
+    schedule: ScheduleConfig | None = None
+
+    def validate(self) -> None:
+        negative = [key for key, value in self.weight_decay_multipliers.items() if value < 0]
+        if negative:
+            raise ConfigError(f"weight_decay_multipliers.{negative[0]}: must be >= 0")
+
+
+def _default_optimizers() -> dict[str, OptimizerConfig]:
+    # The segmentor's: SGD as the DeepLabV2 papers. A method's other modules (discriminators...)
+    # take the method's `default_optimizers` unless the config sets `optim.<name>`.
+    return {"segmentor": OptimizerConfig()}
 
 
 @dataclass
@@ -144,6 +155,7 @@ class TrainConfig:
     eval_at_end: bool = True
     progress_bar: bool = True
     tensorboard: bool = True  # used when the tensorboard package is installed
+    visual_every: int = 0  # images the method returns go to TensorBoard every N steps; 0 = never
 
 
 @dataclass
@@ -158,6 +170,10 @@ class EvalConfig:
     stride: tuple[int, int] = (341, 341)  # slide
     flip: bool = False  # average with the horizontally flipped image
     align_corners: bool = True  # bilinear upsampling of logits as AdaptSegNet/ADVENT/BDL do it
+    # How `predict` and pseudo-labelling reach input_size: "pil" = PIL bicubic on uint8 images,
+    # as the AdaptSegNet/ADVENT/BDL/FDA loaders (and udaseg's val datasets) do; "torch" = torch
+    # bicubic, antialiased, on the device: faster on a GPU, slightly different pixels.
+    resize: Literal["pil", "torch"] = "pil"
     batch_size: int = 1
     subsets: list[str] | None = None  # mIoU subsets reported; None = all of the label space's
     max_images: int | None = None  # evaluate only the first N (quick checks; not for reporting)
@@ -173,6 +189,10 @@ class Config:
     model: Any = polymorphic("models", "name", "deeplabv2")
     method: Any = polymorphic("methods", "name", "source_only")
     optim: dict[str, OptimizerConfig] = field(default_factory=_default_optimizers)
+    # Fresh-start weights per module, from a udaseg checkpoint (`runs/a/checkpoints/last.pt`,
+    # the module of the same name; `path#segmentor` picks one) or a released file (a
+    # segmentor's state_dict in the original key layout). A resumed run ignores it.
+    init: dict[str, str] = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -5,7 +5,8 @@ paths. For each image it writes, keeping the image's path relative to its input 
 `labels/<name>.png` (train ids, or Cityscapes labelIds with --label-ids, as `udaseg score` and
 the official evaluator read them), `color/<name>.png` (the label space's palette) and
 `overlay/<name>.png` (colours blended over the image). Predictions are made at the config's
-`eval.input_size` (or --size) and upsampled to the image's own size.
+`eval.input_size` (or --size), reached as `eval.resize` says (PIL bicubic on uint8 by default,
+as the original loaders), and upsampled to the image's own size.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 stride=eval_config.stride,
                 flip=eval_config.flip,
                 align_corners=eval_config.align_corners,
+                resize=eval_config.resize,
             )
         train_ids = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         colors = label_space.colorize(train_ids)

@@ -23,6 +23,8 @@ import torch
 
 from udaseg import __version__
 from udaseg.errors import CheckpointError
+from udaseg.models.weights import load_state_dict_strictly
+from udaseg.models.weights import read_checkpoint as read_weights_file
 
 FORMAT = "udaseg-checkpoint"
 FORMAT_VERSION = 1
@@ -52,17 +54,13 @@ def atomic_save(payload: Any, path: str | Path) -> None:
 
 
 def load_file(path: str | Path) -> Any:
-    """torch.load with weights_only=True on CPU; every failure is a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types; the user needs one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            message = "it contains Python objects that udaseg refuses to unpickle (not a weights-only file)"
-        raise CheckpointError(f"{path}: cannot load checkpoint: {message}") from None
+    """The object stored in a checkpoint file, on CPU, read with `weights_only=True` (or
+    safetensors); every failure is a one-line CheckpointError.
+
+    udaseg has one reader of weights and checkpoint files, `models.weights.read_checkpoint`,
+    so released weights and training checkpoints obey the same safety policy and messages.
+    """
+    return read_weights_file(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -135,6 +133,7 @@ def _model_facts(config: dict) -> dict[str, Any]:
         "name",
         "depth",
         "multi_level",
+        "head",
         "aspp_branches",
         "aspp_dilations",
         "bn",
@@ -162,16 +161,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_module_states(
     payload: dict[str, Any], modules: dict[str, torch.nn.Module], path: str | Path
 ) -> None:
+    """Load each module's state from a checkpoint payload strictly.
+
+    Raises:
+        CheckpointError: the payload lacks a module, or a module's state does not fit (the
+            one-line report of `models.weights.load_state_dict_strictly`).
+    """
     states = payload["modules"]
     for name, module in modules.items():
         if name not in states:
             raise CheckpointError(f"{path}: has no module {name!r} (it holds {', '.join(states)})")
-        try:
-            module.load_state_dict(states[name], strict=True)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()
-            detail = " ".join(line.strip() for line in first[:2])
-            raise CheckpointError(f"{path}: module {name!r} does not fit: {detail[:300]}") from None
+        load_state_dict_strictly(module, states[name], path, target=f"the module {name!r}")
 
 
 def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:

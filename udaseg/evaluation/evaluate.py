@@ -27,6 +27,9 @@ def protocol_of(eval_config: EvalConfig) -> dict[str, Any]:
         "mode": eval_config.mode,
         "flip": bool(eval_config.flip),
         "align_corners": bool(eval_config.align_corners),
+        # Validation datasets resize with PIL themselves; `resize` says how `predict` and
+        # pseudo-labelling reach input_size, which changes their pixels.
+        "resize": eval_config.resize,
         "logits_upsampling": "bilinear to label resolution",
         "max_images": eval_config.max_images,
     }

@@ -15,9 +15,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from udaseg.data.transforms import resize_image
 from udaseg.errors import ConfigError
 
 Forward = Callable[[torch.Tensor], Any]
@@ -32,21 +34,47 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return height, width
 
 
-def resize_images(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bicubic, antialiased resize of float images, clamped to 0..255.
+RESIZE_METHODS: tuple[str, ...] = ("pil", "torch")
+
+
+def resize_images(images: torch.Tensor, size: Sequence[int], resize: str = "pil") -> torch.Tensor:
+    """Bicubic resize of a batch of images, as the original loaders or on the device.
 
     Args:
-        images: float [B, 3, H, W] in 0..255.
+        images: [B, 3, H, W] RGB 0..255, uint8 or float (for "pil", float values are rounded to
+            the nearest integer, which is exact for images read from 8-bit files).
         size: (height, width).
+        resize: "pil": PIL bicubic on uint8 images, one image at a time on the CPU, as the
+            AdaptSegNet/ADVENT/BDL/FDA loaders resize (and as udaseg's datasets do,
+            `data.transforms.resize_image`), so predictions match theirs pixel for pixel;
+            "torch": torch bicubic with antialiasing on the images' device, faster on a GPU,
+            with slightly different pixels.
     Returns:
-        float [B, 3, height, width]; the input itself if it already has that size.
+        float [B, 3, height, width] in 0..255 on the images' device; the input (as float)
+        if it already has that size.
     """
+    if resize not in RESIZE_METHODS:
+        raise ConfigError(f"eval.resize must be 'pil' or 'torch', got {resize!r}")
     size = tuple(int(s) for s in size)
     if tuple(images.shape[-2:]) == size:
-        return images
-    resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+        return images.float()
+    if resize == "pil":
+        return _resize_with_pil(images, size)
+    resized = F.interpolate(
+        images.float(), size=size, mode="bicubic", align_corners=False, antialias=True
+    )
     # Bicubic overshoots at edges; the model was trained on 0..255 pixels.
     return resized.clamp_(0.0, 255.0)
+
+
+def _resize_with_pil(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`data.transforms.resize_image` on each image of [B, 3, H, W]; float [B, 3, *size]."""
+    pixels = images.detach()
+    if pixels.dtype != torch.uint8:
+        pixels = pixels.round().clamp_(0, 255).to(torch.uint8)
+    arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    resized = np.stack([resize_image(np.ascontiguousarray(array), size) for array in arrays])
+    return torch.from_numpy(resized).to(images.device).permute(0, 3, 1, 2).float()
 
 
 def resize_logits(
@@ -127,6 +155,7 @@ def predict_logits(
     stride: Sequence[int] = (341, 341),
     flip: bool = False,
     align_corners: bool = True,
+    resize: str = "pil",
 ) -> torch.Tensor:
     """Logits of `forward` for a batch, at `output_size`.
 
@@ -135,7 +164,7 @@ def predict_logits(
             "logits"). Called under whatever grad mode the caller set.
         images: [B, 3, H, W] RGB 0..255, any dtype (converted to float).
         output_size: (height, width) of the returned logits, usually the label's.
-        input_size: (height, width) the images are first resized to (bicubic, antialiased);
+        input_size: (height, width) the images are first resized to (bicubic, see `resize`);
             None keeps them as they are.
         mode: "whole" (one forward per image) or "slide" (windows of `window` every `stride`,
             logits averaged where windows overlap).
@@ -143,6 +172,9 @@ def predict_logits(
         flip: also predict the horizontally mirrored images and average the logits.
         align_corners: of the bilinear logit upsampling (True: AdaptSegNet/ADVENT/BDL;
             False: mmseg-based repos).
+        resize: how `input_size` is reached (`eval.resize`): "pil" (PIL bicubic on uint8, the
+            original loaders' way, the default) or "torch" (torch bicubic, antialiased, on
+            the device); see `resize_images`.
     Returns:
         float logits [B, C, output_height, output_width].
     """
@@ -152,7 +184,7 @@ def predict_logits(
         raise ConfigError(f"eval.mode must be 'whole' or 'slide', got {mode!r}")
     images = images.float()
     if input_size is not None:
-        images = resize_images(images, _pair(input_size, "eval.input_size"))
+        images = resize_images(images, _pair(input_size, "eval.input_size"), resize)
     batch = images.shape[0]
     if flip:
         # One forward over both views; BN is in eval mode at test time, so batching is exact.

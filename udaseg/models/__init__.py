@@ -1,7 +1,8 @@
 """Segmentors, backbones, discriminators and weight loading; importing registers MODELS.
 
 Registered models (`model.name`):
-- `deeplabv2`: DeepLabV2 on the Caffe-style ResNet-101/50 (AdaptSegNet, ADVENT, BDL, FDA, DACS).
+- `deeplabv2`: DeepLabV2 on the Caffe-style ResNet-101/50 (AdaptSegNet, ADVENT, BDL, FDA, DACS;
+  ProDA with `head: proda`).
 - `deeplabv2_vgg16`: AdaptSegNet's DeeplabVGG.
 """
 
@@ -13,11 +14,21 @@ from typing import Any
 from torch import nn
 
 from udaseg.models import deeplabv2, vgg  # noqa: F401  (registration)
-from udaseg.models.deeplabv2 import ClassifierModule, DeepLabV2, DeepLabV2Config
+from udaseg.models.deeplabv2 import (
+    ClassifierModule,
+    DeepLabV2,
+    DeepLabV2Config,
+    ProDAClassifierModule,
+)
 from udaseg.models.discriminators import FCDiscriminator, load_discriminator_weights
 from udaseg.models.normalization import InputNormalization, normalize_images
 from udaseg.models.vgg import DeepLabVGG, DeepLabVGGConfig
-from udaseg.models.weights import LoadReport, load_init_weights, load_released_checkpoint
+from udaseg.models.weights import (
+    LoadReport,
+    load_init_weights,
+    load_released_checkpoint,
+    load_state_dict_strictly,
+)
 from udaseg.registry import MODELS
 
 logger = logging.getLogger(__name__)
@@ -31,10 +42,12 @@ __all__ = [
     "FCDiscriminator",
     "InputNormalization",
     "LoadReport",
+    "ProDAClassifierModule",
     "build_segmentor",
     "load_discriminator_weights",
     "load_init_weights",
     "load_released_checkpoint",
+    "load_state_dict_strictly",
     "normalize_images",
 ]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from udaseg.errors import CheckpointError
+from udaseg.models.weights import load_state_dict_strictly, read_state_dict, resolve_source
 
 # ADVENT's Sequential index -> our name (the odd indices are the parameter-free LeakyReLUs).
 ADVENT_DISCRIMINATOR_NAMES = {
@@ -85,29 +85,11 @@ def load_discriminator_weights(
     Raises:
         CheckpointError: the file cannot be read or does not fit the discriminator.
     """
-    from udaseg.models.weights import read_state_dict, resolve_source, strip_wrappers
-
     path = resolve_source(source, sha256=sha256)
-    state_dict = strip_wrappers(read_state_dict(path))
-    state_dict = convert_advent_discriminator_state_dict(state_dict)
-    expected = discriminator.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:4])}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected[:4])}")
-    if mismatched:
-        problems.append(f"shape mismatch {', '.join(mismatched[:4])} (checkpoint vs model)")
-    if problems:
-        raise CheckpointError(
-            f"{path}: does not fit FCDiscriminator(in_channels="
-            f"{discriminator.conv1.in_channels}): {'; '.join(problems)}"
-        )
-    discriminator.load_state_dict(state_dict)
+    state_dict = convert_advent_discriminator_state_dict(read_state_dict(path))
+    load_state_dict_strictly(
+        discriminator,
+        state_dict,
+        path,
+        target=f"FCDiscriminator(in_channels={discriminator.conv1.in_channels})",
+    )

@@ -9,7 +9,13 @@ Two entry points:
   else that does not fit is a CheckpointError.
 - `load_released_checkpoint(segmentor, source)`: an adapted model in the released layout, loaded
   strictly (except `num_batches_tracked`), with hints when it does not fit (single vs
-  multi-level, number of classes, ResNet vs VGG, the 2-vs-4 ASPP forward for known files).
+  multi-level, number of classes, ResNet vs VGG, ProDA's head, the 2-vs-4 ASPP forward for
+  known files).
+
+Also the one reader of weights and checkpoint files (`read_checkpoint`, which
+`engine.checkpoint.load_file` is) and the one strict load (`load_state_dict_strictly`, used by
+released checkpoints, discriminator weights and udaseg checkpoints' modules), so that the
+safety policy and the "does not fit" report are the same everywhere.
 
 A source is a local path, an http(s) URL (downloaded once into the cache, atomically) or the
 file name of an entry of `KNOWN_WEIGHTS` (downloaded from its URLs, tried in order). Files are
@@ -31,7 +37,7 @@ import re
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,15 +357,21 @@ def _resolve(
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """The object stored in a weights file, read without unpickling arbitrary objects.
+    """The object stored in a weights or checkpoint file, read without unpickling arbitrary
+    objects. The one reader of udaseg: init weights, released checkpoints, discriminator
+    weights and udaseg's own training checkpoints (`engine.checkpoint.load_file`) all go
+    through it.
 
     `.safetensors` files go through the safetensors package; everything else through
     `torch.load(map_location="cpu", weights_only=True)`.
 
     Raises:
-        CheckpointError: unreadable, or holding objects weights_only refuses to build.
+        CheckpointError: absent, unreadable, or holding objects weights_only refuses to build;
+            always one line naming the file.
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -370,8 +382,10 @@ def read_checkpoint(path: str | Path) -> Any:
             ) from None
         try:
             return load_file(str(path), device="cpu")
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({_first_line(error)})"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -380,16 +394,25 @@ def read_checkpoint(path: str | Path) -> Any:
         if refused:
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refused it: it holds a pickled "
-                f"{refused.group(1)} object, and udaseg never unpickles arbitrary objects; if you "
-                f"trust the file, re-save just its state_dict (torch.save(state_dict, ...))"
+                f"{refused.group(1)} object, which udaseg refuses to unpickle (that could run "
+                f"code); if you trust the file, re-save just its state_dict "
+                f"(torch.save(state_dict, ...))"
             ) from None
         operand = re.search(r"WeightsUnpickler error: \s*([^\n]+)", text)
         reason = operand.group(1).strip() if operand else "unpickling refused"
         raise CheckpointError(
             f"{path}: not a PyTorch weights file that weights_only=True can read ({reason})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types; the user needs one line
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -478,6 +501,111 @@ def _shape(tensor: torch.Tensor) -> str:
 def _list(keys: list[str], limit: int = 4) -> str:
     more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+# --- Strict loading -------------------------------------------------------------------------
+
+
+@dataclass
+class KeyDifferences:
+    """How a state_dict differs from the one a module expects."""
+
+    missing: list[str] = field(default_factory=list)  # in the module, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the module
+    mismatched: list[str] = field(default_factory=list)  # "key (AxB in the file, CxD here)"
+    untracked: int = 0  # num_batches_tracked buffers absent from the file and tolerated
+
+    @property
+    def fits(self) -> bool:
+        """Whether the state_dict can be loaded strictly (tolerated absences aside)."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        """One line, e.g. "missing a, b; shape mismatch c (3x3 in the file, 4x3 here)"."""
+        problems = []
+        if self.missing:
+            problems.append(f"missing {_list(self.missing, 3)}")
+        if self.unexpected:
+            problems.append(f"unexpected {_list(self.unexpected, 3)}")
+        if self.mismatched:
+            problems.append(f"shape mismatch {_list(self.mismatched, 3)}")
+        return "; ".join(problems)
+
+
+def compare_state_dicts(
+    state_dict: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    tolerate_untracked: bool = False,
+) -> KeyDifferences:
+    """The keys of `state_dict` that are missing, unexpected or of the wrong shape for
+    `expected` (a module's `state_dict()`).
+
+    Args:
+        tolerate_untracked: absent `num_batches_tracked` buffers are counted, not missing
+            (PyTorch 0.3/0.4 files lack them, REFERENCE §7.11; BN does not use them unless
+            its momentum is None).
+    """
+    differences = KeyDifferences()
+    for key, value in expected.items():
+        if key not in state_dict:
+            if tolerate_untracked and key.endswith("num_batches_tracked"):
+                differences.untracked += 1
+            else:
+                differences.missing.append(key)
+            continue
+        stored = state_dict[key]
+        # Only tensors have shapes; a module's `_extra_state` may be any object.
+        if isinstance(stored, torch.Tensor) and isinstance(value, torch.Tensor):
+            if stored.shape != value.shape:
+                differences.mismatched.append(
+                    f"{key} ({_shape(stored)} in the file, {_shape(value)} here)"
+                )
+    differences.unexpected = [key for key in state_dict if key not in expected]
+    return differences
+
+
+def load_state_dict_strictly(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    path: str | Path,
+    target: str = "the model",
+    tolerate_untracked: bool = False,
+    hints: Callable[[], list[str]] | None = None,
+) -> KeyDifferences:
+    """Load `state_dict` into `module` when every key fits, else raise a one-line report.
+
+    The one strict load of udaseg: released checkpoints, discriminator weights and the modules
+    of udaseg checkpoints all use it, so a file that does not fit reads the same everywhere:
+    `<path>: does not fit <target> (missing ...; unexpected ...; shape mismatch ...): <hints>`.
+
+    Args:
+        module: the module to fill.
+        state_dict: key -> tensor, already renamed to the module's layout.
+        path: the file, named in the message.
+        target: what the file was loaded into, in words ("the model", "the module 'x'").
+        tolerate_untracked: see `compare_state_dicts`.
+        hints: called only on failure; likely causes as config advice, appended to the message.
+
+    Returns:
+        The (fitting) differences, i.e. how many `num_batches_tracked` were tolerated.
+
+    Raises:
+        CheckpointError: a key is missing, unexpected or of another shape.
+    """
+    differences = compare_state_dicts(state_dict, module.state_dict(), tolerate_untracked)
+    if not differences.fits:
+        advice = hints() if hints is not None else []
+        hint = f": {'; '.join(advice)}" if advice else ""
+        raise CheckpointError(f"{path}: does not fit {target} ({differences.summary()}){hint}")
+    try:
+        # Non-strict only to let tolerated num_batches_tracked stay at 0; everything else was
+        # checked above.
+        module.load_state_dict(state_dict, strict=differences.untracked == 0)
+    except RuntimeError as error:  # a module's own loading hook refusing the values
+        raise CheckpointError(
+            f"{path}: does not fit {target} ({_first_line(error)[:300]})"
+        ) from None
+    return differences
 
 
 # --- Init weights ---------------------------------------------------------------------------
@@ -671,11 +799,20 @@ def _diagnose(state_dict: dict[str, torch.Tensor], segmentor: nn.Module) -> list
             "this is an mmseg (DAFormer/HRDA/MIC) model, not key-compatible with the Caffe "
             "layout (REFERENCE §1.5)"
         ]
-    if any(k.startswith(("layer5.bottleneck", "layer5.head")) for k in keys):
+    model_is_proda = getattr(segmentor, "head_type", None) == "proda"
+    file_is_proda = any(k.startswith(("layer5.bottleneck.", "layer5.head.")) for k in keys)
+    if any(k.startswith("bn_pretrain.") for k in keys):
         return [
-            "this is ProDA's Classifier_Module2 head (REFERENCE §1.4), which udaseg's "
-            "deeplabv2 does not implement"
+            "this is a ProDA --bn_clr student (an extra BatchNorm `bn_pretrain` after layer4), "
+            "which udaseg's deeplabv2 does not implement"
         ]
+    if file_is_proda and not model_is_proda:
+        return [
+            "this is ProDA's Classifier_Module2 head (REFERENCE §1.4): set model.head=proda "
+            "(with model.multi_level=false)"
+        ]
+    if model_is_proda and not file_is_proda and any(k.startswith("layer") for k in keys):
+        return ["the checkpoint has the summed ASPP head: set model.head=aspp_sum"]
     if not is_vgg and any(k.startswith("features.") for k in keys):
         return ["the checkpoint is a DeeplabVGG (features.*): set model.name=deeplabv2_vgg16"]
     if is_vgg and any(k.startswith("layer1.") for k in keys):
@@ -693,8 +830,11 @@ def _diagnose(state_dict: dict[str, torch.Tensor], segmentor: nn.Module) -> list
         )
     if multi and not (has5 and has6):
         hints.append("the checkpoint is single-level (one head): set model.multi_level=false")
-    main = "layer6." if has6 else "layer5."
-    hints += _class_hint(state_dict.get(f"{main}conv2d_list.0.weight"), segmentor)
+    if model_is_proda:
+        hints += _class_hint(state_dict.get("layer5.head.1.weight"), segmentor)
+    else:
+        main = "layer6." if has6 else "layer5."
+        hints += _class_hint(state_dict.get(f"{main}conv2d_list.0.weight"), segmentor)
     if "conv1.weight" in state_dict and "conv1.weight" in target:
         width, expected = state_dict["conv1.weight"].shape[0], target["conv1.weight"].shape[0]
         if width != expected:
@@ -767,27 +907,14 @@ def load_released_checkpoint(
             f"model.aspp_branches={settings['aspp_branches']}"
         )
 
-    missing = [k for k in target if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in target]
-    mismatched = [
-        f"{k} ({_shape(state_dict[k])} in the file, {_shape(v)} here)"
-        for k, v in target.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing {_list(missing, 3)}")
-        if unexpected:
-            problems.append(f"unexpected {_list(unexpected, 3)}")
-        if mismatched:
-            problems.append(f"shape mismatch {_list(mismatched, 2)}")
-        hints = _diagnose(state_dict, segmentor)
-        hint = f": {'; '.join(hints)}" if hints else ""
-        raise CheckpointError(f"{path}: does not fit the model ({'; '.join(problems)}){hint}")
-    untracked = sum(1 for k in target if k not in state_dict)
-    result = segmentor.load_state_dict(state_dict, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
+    differences = load_state_dict_strictly(
+        segmentor,
+        state_dict,
+        path,
+        tolerate_untracked=True,
+        hints=lambda: _diagnose(state_dict, segmentor),
+    )
+    untracked = differences.untracked
     report = LoadReport(path, len(state_dict), renaming, [], untracked, digest, notes)
     logger.info("released checkpoint: %s", report.summary())
     return report
