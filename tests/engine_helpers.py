@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
-from tests.fake_layouts import write_cityscapes, write_gta5
+from tests.fake_layouts import write_cityscapes, write_gta5, write_png
+from udaseg.data.label_spaces import CITYSCAPES_LABEL_IDS
 
 TINY_MODEL = {
     "name": "deeplabv2",
@@ -18,12 +20,18 @@ TINY_MODEL = {
 
 
 def write_tiny_benchmark(root: Path) -> Path:
-    """GTA5-layout source (8 images) and Cityscapes-layout target (6 train, 4 val)."""
+    """GTA5-layout source (8 images) and Cityscapes-layout target (6 train, 4 val), plus
+    pseudo labels of the target train images in `cs_pseudo/` (their true train ids, with the
+    left half of each image left out as 255, as a pseudo-label policy leaves pixels out)."""
     if not (root / "gta").exists():
         write_gta5(root / "gta", count=8, size=(32, 64), seed=1)
-        write_cityscapes(
+        layouts = write_cityscapes(
             root / "cs", splits={"train": 6, "val": 4}, size=(32, 64), seed=2, tint=(40, 0, 0)
         )
+        for name, raw in layouts["train"].labels.items():
+            labels = CITYSCAPES_LABEL_IDS.apply(raw).astype(np.uint8)
+            labels[:, : labels.shape[1] // 2] = 255
+            write_png(root / "cs_pseudo" / f"{name}.png", labels)
     return root
 
 
@@ -34,7 +42,13 @@ def tiny_config(root: Path, run_dir: Path, **sections) -> dict:
         "run_dir": str(run_dir),
         "data": {
             "source": {"kind": "gta5", "root": str(root / "gta"), "crop": [32, 48], "flip": True},
-            "target": {"kind": "cityscapes", "root": str(root / "cs"), "split": "train"},
+            "target": {
+                "kind": "cityscapes",
+                "root": str(root / "cs"),
+                "split": "train",
+                # Every method may read them; self-training methods need them.
+                "pseudo_labels": str(root / "cs_pseudo"),
+            },
             "val": {"kind": "cityscapes", "root": str(root / "cs"), "split": "val"},
             "batch_size": 2,
             "num_workers": 0,

@@ -141,13 +141,14 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_packaged_config_found_by_relative_name() -> None:
-    shipped = sorted(PACKAGED_CONFIGS.rglob("*.yaml"))
-    assert shipped, "udaseg ships configs"
-    relative = shipped[0].relative_to(PACKAGED_CONFIGS)
+    assert SHIPPED, "udaseg ships configs"
+    relative = SHIPPED[0].relative_to(PACKAGED_CONFIGS)
     load_config(str(relative))  # resolved under udaseg/configs from any working directory
 
 
-SHIPPED = sorted(PACKAGED_CONFIGS.rglob("*.yaml"))
+RECIPES = PACKAGED_CONFIGS / "recipes"
+SHIPPED = sorted(path for path in PACKAGED_CONFIGS.rglob("*.yaml") if RECIPES not in path.parents)
+SHIPPED_RECIPES = sorted(RECIPES.glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -159,3 +160,24 @@ def test_every_shipped_config_validates(path: Path) -> None:
     # the method's defaults so that a shipped config cannot fail at the start of training.
     assert config.data.label_space
     assert config.train.steps > 0
+
+
+@pytest.mark.parametrize(
+    "path", SHIPPED_RECIPES, ids=[str(p.relative_to(PACKAGED_CONFIGS)) for p in SHIPPED_RECIPES]
+)
+def test_every_shipped_recipe_is_consistent(path: Path) -> None:
+    """Its references resolve and each train stage's config, with the stage's `set`, validates."""
+    from udaseg.config import apply_overrides, config_from_dict, load_raw
+    from udaseg.recipes import load_recipe
+
+    recipe = load_recipe(path)
+    for stage in recipe.stages:
+        if stage.kind != "train":
+            continue
+        # References become placeholder paths: only the keys and types are checked here.
+        overrides = [
+            f"{key}={value if '${' not in str(value) else 'placeholder'}"
+            for key, value in stage.overrides.items()
+        ]
+        config = config_from_dict(apply_overrides(load_raw(stage.spec), overrides))
+        assert config.train.steps > 0

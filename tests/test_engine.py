@@ -112,6 +112,23 @@ def test_every_method_resumes_exactly(method_name: str, tiny_root: Path, tmp_pat
             for slot, tensor in value.items():
                 if torch.is_tensor(tensor):
                     assert torch.equal(tensor, resumed["optimizers"][name]["state"][key][slot])
+    # Non-module state (prototypes, memory banks, counters) resumes exactly too.
+    assert _values_equal(expected["method_state"], resumed["method_state"]), "method_state differs"
+
+
+def _values_equal(first, second) -> bool:
+    """Nested dicts/lists of tensors and plain values, compared exactly."""
+    if isinstance(first, dict):
+        return (
+            isinstance(second, dict)
+            and first.keys() == second.keys()
+            and all(_values_equal(first[key], second[key]) for key in first)
+        )
+    if isinstance(first, list | tuple):
+        return len(first) == len(second) and all(map(_values_equal, first, second))
+    if torch.is_tensor(first):
+        return torch.is_tensor(second) and torch.equal(first, second)
+    return first == second
 
 
 def test_checkpoint_holds_everything(tiny_root: Path, tmp_path: Path) -> None:

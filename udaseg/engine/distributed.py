@@ -147,6 +147,22 @@ def all_reduce_scalars(values: dict[str, float], context: DistributedContext) ->
     return dict(zip(keys, tensor.tolist(), strict=True))
 
 
+def all_reduce_tensor(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Sum of `tensor` over the ranks (in place; the tensor itself without torchrun)."""
+    if context.enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_tensor(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """The ranks' tensors of the same shape [...] stacked in rank order: [world_size, ...]."""
+    if not context.enabled:
+        return tensor.unsqueeze(0)
+    gathered = [torch.empty_like(tensor) for _ in range(context.world_size)]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.stack(gathered)
+
+
 def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Group tensors of one dtype into runs of at most _BUCKET_ELEMENTS elements."""
     buckets: list[list[torch.Tensor]] = []

@@ -15,22 +15,31 @@ def build_optimizer(module: nn.Module, config: OptimizerConfig, name: str) -> to
     A module that defines `param_groups() -> {"backbone": [...], "head": [...]}` gets two
     groups (the DeepLabV2 papers train the classifier at 10x lr); any other module one group
     of its trainable parameters. Each group remembers its multiplier so that the schedule
-    keeps the ratio while decaying.
+    keeps the ratio while decaying. `weight_decay_multipliers` scales the decay of the groups
+    it names.
     """
     if hasattr(module, "param_groups"):
         named_groups = module.param_groups()
     else:
         named_groups = {"backbone": [p for p in module.parameters() if p.requires_grad]}
+    unknown = [key for key in config.weight_decay_multipliers if key not in named_groups]
+    if unknown:
+        raise ConfigError(
+            f"optim.{name}.weight_decay_multipliers.{unknown[0]}: module {name!r} has no "
+            f"parameter group {unknown[0]!r}; its groups: {', '.join(named_groups)}"
+        )
     groups = []
     for group_name, parameters in named_groups.items():
         if not parameters:
             continue
         multiplier = config.head_lr_multiplier if group_name == "head" else 1.0
+        decay = config.weight_decay * config.weight_decay_multipliers.get(group_name, 1.0)
         groups.append(
             {
                 "params": parameters,
                 "lr": config.lr * multiplier,
                 "lr_multiplier": multiplier,
+                "weight_decay": decay,
                 "name": group_name,
             }
         )

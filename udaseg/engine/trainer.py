@@ -25,10 +25,13 @@ from udaseg.data.datasets import build_dataset
 from udaseg.data.label_spaces import LabelSpace, get_label_space
 from udaseg.data.loaders import TrainStream, eval_loader
 from udaseg.engine import checkpoint as checkpoints
+from udaseg.engine import faults
 from udaseg.engine.distributed import (
     DistributedContext,
+    all_gather_tensor,
     all_reduce_gradients,
     all_reduce_scalars,
+    all_reduce_tensor,
     average_buffers,
     barrier,
     broadcast_modules,
@@ -40,7 +43,7 @@ from udaseg.errors import CheckpointError, ConfigError, UdasegError
 from udaseg.evaluation.evaluate import evaluate
 from udaseg.evaluation.metrics import EvaluationResult
 from udaseg.evaluation.report import format_table, write_json
-from udaseg.methods.base import Method
+from udaseg.methods.base import Method, SetupContext
 from udaseg.models import build_segmentor
 from udaseg.registry import METHODS
 
@@ -54,6 +57,8 @@ RESUMABLE_CHANGES = (
     "train.eval_at_end",
     "train.progress_bar",
     "train.tensorboard",
+    "train.visual_every",
+    "init",
     "data.num_workers",
     "eval.",
     "data.val.",
@@ -126,11 +131,14 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     method_class = METHODS.get(config.method.name)
 
     # --- data: a labelled source stream, an unlabelled target stream, a labelled val set ---
-    if config.data.source is None:
-        raise ConfigError(
-            "config key data.source: missing; every method trains on a labelled source"
-        )
-    streams = {"source": _stream(config, "source", label_space, context)}
+    streams = {}
+    if method_class.uses_source:
+        if config.data.source is None:
+            raise ConfigError(
+                f"config key data.source: missing; method {config.method.name!r} trains on a "
+                "labelled source"
+            )
+        streams["source"] = _stream(config, "source", label_space, context)
     if method_class.uses_target:
         if config.data.target is None:
             raise ConfigError(
@@ -142,8 +150,15 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     # --- model, method, optimizers ---
     # Init weights come from the config (downloaded once, by rank 0 first); a resumed run takes
     # every weight from its checkpoint instead.
-    segmentor = _build_segmentor(config, label_space, context, load_weights=payload is None)
+    segmentor = _build_segmentor(
+        config,
+        label_space,
+        context,
+        load_weights=payload is None and "segmentor" not in config.init,
+    )
     method: Method = method_class(config.method, segmentor, label_space)
+    if payload is None:
+        initialise_modules(config.init, method.all_modules())
     memory_format = torch.channels_last if config.train.channels_last else None
     method.to(context.device, memory_format)
     trainable = method.trainable_modules()
@@ -164,6 +179,20 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
         start_step = _restore(payload, method, optimizers, scaler)
     else:
         broadcast_modules(method.all_modules(), context)
+    method.setup(
+        SetupContext(
+            datasets={name: stream.dataset for name, stream in streams.items()},
+            resumed=payload is not None,
+            device=context.device,
+            rank=context.rank,
+            world_size=context.world_size,
+            batch_size=config.data.batch_size,
+            num_workers=config.data.num_workers,
+            seed=config.seed,
+            all_reduce=lambda tensor: all_reduce_tensor(tensor, context),
+            all_gather=lambda tensor: all_gather_tensor(tensor, context),
+        )
+    )
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
@@ -185,12 +214,19 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     method.train(True)
     last_checkpoint = None
     pending: dict[str, list[torch.Tensor]] = {}
+    meter = _ThroughputMeter(context.device)
+    images_per_step = config.data.batch_size * accumulation * len(streams)
+    visual_every = config.train.visual_every
 
     for step in range(start_step, steps):
-        # Learning rates for this step (poly decay keeps the head's 10x ratio).
-        factor = lr_factor(step, config.schedule, steps)
+        # Learning rates for this step (poly decay keeps the head's 10x ratio); each optimizer
+        # follows its own schedule when it has one.
+        learning_rates = {}
         for name, optimizer in optimizers.items():
-            set_learning_rates(optimizer, optimizer_configs[name].lr, factor)
+            schedule = optimizer_configs[name].schedule or config.schedule
+            learning_rates[name] = set_learning_rates(
+                optimizer, optimizer_configs[name].lr, lr_factor(step, schedule, steps)
+            )
         # The RNG state of a step is a function of (seed, rank, step): resume is exact without
         # replaying earlier steps.
         _seed_step(config.seed, context.rank, step)
@@ -206,6 +242,7 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
             precision=config.train.precision,
             scaler=scaler,
             accumulation_steps=accumulation,
+            wants_visuals=bool(visual_every) and (step + 1) % visual_every == 0,
         )
         for _ in range(accumulation):
             batch = {
@@ -217,22 +254,34 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
             for key, value in outputs.items():
                 if key != "visuals":
                     pending.setdefault(key, []).append(torch.as_tensor(value).detach().float())
+            if ctx.wants_visuals and outputs.get("visuals"):
+                logger.images(step + 1, _visual_arrays(outputs["visuals"]))
 
-        # Average gradients (and BN statistics) over ranks, then step every optimizer.
+        # Average gradients (and BN statistics) over ranks, then step the optimizers whose
+        # module received gradients: alternating GAN updates leave one module without any, and
+        # the fp16 scaler refuses to step an optimizer it recorded no inf checks for. After the
+        # all-reduce every rank holds the same set of gradients, so every rank decides alike.
         all_reduce_gradients(trainable, context)
         average_buffers(method.all_modules(), context)
+        stepped = 0
         for name, optimizer in optimizers.items():
+            if not _has_gradients(trainable[name]):
+                continue
             if config.train.grad_clip_norm is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(
                     trainable[name].parameters(), config.train.grad_clip_norm
                 )
             scaler.step(optimizer)
-        scaler.update()
+            stepped += 1
+        if stepped:
+            scaler.update()
         method.after_optimizer_step(ctx)
+        faults.maybe_kill("train.step")
 
         completed = step + 1
         progress.update(1)
+        meter.step()
         if completed % config.train.log_every == 0 or completed == steps:
             # One host sync per log interval, not per step.
             scalars = {key: torch.stack(values).mean().item() for key, values in pending.items()}
@@ -244,14 +293,13 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
                     f"step {completed}: {bad[0]} is {scalars[bad[0]]}; the last good checkpoint is "
                     f"{last_checkpoint or 'none'} (lower the learning rate or use precision=fp32)"
                 )
-            scalars["lr"] = (
-                config.optim["segmentor"].lr * factor if "segmentor" in config.optim else factor
-            )
+            postfix = {key: f"{value:.4g}" for key, value in scalars.items()}
+            scalars.update({f"lr/{name}": value for name, value in learning_rates.items()})
+            if "segmentor" in learning_rates:
+                scalars["lr"] = learning_rates["segmentor"]
+            scalars.update(meter.read(images_per_step))
             logger.scalars(completed, scalars)
-            progress.set_postfix(
-                {key: f"{value:.4g}" for key, value in scalars.items() if key != "lr"},
-                refresh=False,
-            )
+            progress.set_postfix(postfix, refresh=False)
 
         if completed % config.train.checkpoint_every == 0 or completed == steps:
             last_checkpoint = _save(
@@ -341,11 +389,22 @@ def _seed_step(seed: int, rank: int, step: int) -> None:
 
 
 def _optimizer_configs(
-    config: Config, method_class: type, trainable: dict
+    config: Config, method_class: type, modules: dict
 ) -> dict[str, OptimizerConfig]:
-    """`optim.<name>` from the config, else the method's paper default for that module."""
+    """`optim.<name>` from the config, else the method's paper default for that module.
+
+    An `optim.<name>` that names no trainable module of the method is an error: a typo there
+    would otherwise train that module with the default optimizer without a word. (`segmentor`
+    is in every config's defaults, so it is accepted even by a method that does not train one.)
+    """
+    unknown = [name for name in config.optim if name not in modules and name != "segmentor"]
+    if unknown:
+        raise ConfigError(
+            f"config key optim.{unknown[0]}: method {config.method.name!r} has no module "
+            f"{unknown[0]!r} to optimise; valid names: {', '.join(modules)}"
+        )
     chosen = {}
-    for name in trainable:
+    for name in modules:
         if name in config.optim:
             chosen[name] = config.optim[name]
         elif name in method_class.default_optimizers:
@@ -402,9 +461,108 @@ def _to_device(
     if memory_format is not None:
         images = images.contiguous(memory_format=memory_format)
     moved["image"] = images
-    if "label" in batch:
-        moved["label"] = batch["label"].to(device, non_blocking=True).long()
+    for key in ("label", "pseudo_label"):
+        if key in batch:
+            moved[key] = batch[key].to(device, non_blocking=True).long()
     return moved
+
+
+def _has_gradients(module: torch.nn.Module) -> bool:
+    return any(parameter.grad is not None for parameter in module.parameters())
+
+
+def _visual_arrays(visuals: dict[str, Any]) -> dict[str, np.ndarray]:
+    """uint8 [H, W, 3] arrays from what a method returns (arrays, or [3, H, W] tensors)."""
+    arrays = {}
+    for key, value in visuals.items():
+        if torch.is_tensor(value):
+            value = value.detach().cpu()
+            if value.dim() == 3 and value.shape[0] == 3:
+                value = value.permute(1, 2, 0)
+            value = value.clamp(0, 255).to(torch.uint8).numpy()
+        arrays[key] = np.asarray(value, dtype=np.uint8)
+    return arrays
+
+
+class _ThroughputMeter:
+    """Step time, images/s and peak memory over each logging interval."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = time.perf_counter()
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def read(self, images_per_step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds = max(now - self.started, 1e-9)
+        values = {
+            "time/step_seconds": seconds / max(self.steps, 1),
+            "time/images_per_second": images_per_step * self.steps / seconds,
+            "memory/peak_mb": _peak_memory_mb(self.device),
+        }
+        self.started, self.steps = now, 0
+        return values
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    # ru_maxrss is in kilobytes on Linux: the process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def initialise_modules(init: dict[str, str], modules: dict[str, torch.nn.Module]) -> None:
+    """Load `init` weights into the named modules (a fresh start's `init:` section).
+
+    Args:
+        init: module name -> `path` or `path#module`. A udaseg checkpoint gives the module of
+            the same name (or the one after `#`); any other file is read as a state_dict, a
+            segmentor's in the released key layout.
+        modules: the method's modules (trainable and teachers).
+    Raises:
+        ConfigError: a name that is not a module of the method.
+        CheckpointError: an unreadable file, a missing module, weights that do not fit.
+    """
+    from udaseg.models.weights import (
+        load_released_checkpoint,
+        load_state_dict_strictly,
+        read_state_dict,
+    )
+
+    for name, source in init.items():
+        if name not in modules:
+            raise ConfigError(
+                f"config key init.{name}: the method has no module {name!r}; valid names: "
+                f"{', '.join(modules)}"
+            )
+        path, _, module_name = source.partition("#")
+        payload = checkpoints.load_file(path)
+        if isinstance(payload, dict) and payload.get("format") == checkpoints.FORMAT:
+            state = payload["modules"]
+            wanted = module_name or name
+            if wanted not in state:
+                raise CheckpointError(
+                    f"{path}: has no module {wanted!r} for init.{name} (it holds "
+                    f"{', '.join(state)}; pick one with {path}#<module>)"
+                )
+            checkpoints.load_module_states(
+                {"modules": {name: state[wanted]}}, {name: modules[name]}, path
+            )
+        elif module_name:
+            raise CheckpointError(
+                f"{path}: not a udaseg checkpoint, so `#{module_name}` selects nothing"
+            )
+        elif hasattr(modules[name], "head_prefixes"):
+            load_released_checkpoint(modules[name], path)
+        else:
+            load_state_dict_strictly(
+                modules[name], read_state_dict(path), path, target=f"the module {name!r}"
+            )
 
 
 def _restore(payload: dict, method: Method, optimizers: dict, scaler: torch.amp.GradScaler) -> int:

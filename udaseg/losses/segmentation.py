@@ -47,3 +47,45 @@ def segmentation_loss(
     if not bool(valid.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+
+
+def source_segmentation_loss(
+    outputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    lambda_aux: float,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The supervised loss of a segmentor's outputs: main head, plus the aux head if any.
+
+    AdaptSegNet's multi-level models train the layer3 head too, weighted by λ_seg (0.1); every
+    method built on them computes this same sum on its labelled images.
+
+    Args:
+        outputs: a segmentor's outputs, "logits" [B, C, h, w] and optionally "aux_logits".
+        labels: int64 [B, H, W] train ids, `ignore_index` for void.
+        lambda_aux: weight of the aux head's cross-entropy.
+    Returns:
+        the scalar loss, and detached {"loss_seg", "loss_seg_aux" (multi-level only)} to log.
+    """
+    loss_main = segmentation_loss(outputs["logits"], labels, ignore_index)
+    loss = loss_main
+    scalars = {"loss_seg": loss_main.detach()}
+    if "aux_logits" in outputs:
+        loss_aux = segmentation_loss(outputs["aux_logits"], labels, ignore_index)
+        loss = loss + lambda_aux * loss_aux
+        scalars["loss_seg_aux"] = loss_aux.detach()
+    return loss, scalars
+
+
+def upsampled_softmax(
+    logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True
+) -> torch.Tensor:
+    """Class probabilities at an image size: logits upsampled bilinearly, softmax in float32.
+
+    Args:
+        logits: [B, C, h, w] at the network's output stride (any dtype, e.g. bf16 under AMP).
+        size: (H, W) to reach, usually the input image's.
+    Returns:
+        float32 [B, C, H, W] probabilities, attached to the graph of `logits`.
+    """
+    return torch.softmax(upsample_logits(logits, size, align_corners).float(), dim=1)

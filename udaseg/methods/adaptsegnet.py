@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from udaseg.errors import ConfigError
-from udaseg.losses.segmentation import segmentation_loss, upsample_logits
+from udaseg.losses.segmentation import source_segmentation_loss, upsampled_softmax
 from udaseg.methods.adversarial import (
     DISCRIMINATOR_ADAM,
     fool_discriminator_loss,
@@ -85,8 +85,7 @@ class AdaptSegNet(Method):
         """
         logits = {"main": outputs["logits"], "aux": outputs.get("aux_logits")}
         return {
-            level: torch.softmax(upsample_logits(logits[level], image_size).float(), dim=1)
-            for level in self.discriminators
+            level: upsampled_softmax(logits[level], image_size) for level in self.discriminators
         }
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -94,17 +93,12 @@ class AdaptSegNet(Method):
 
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         source, target = batch["source"], batch["target"]
-        scalars: dict[str, Any] = {}
 
         # 1. Segmentation on the labelled source images.
         source_outputs = self.segmentor(source["image"])
-        loss_seg = segmentation_loss(source_outputs["logits"], source["label"])
-        loss = loss_seg
-        scalars["loss_seg"] = loss_seg.detach()
-        if "aux_logits" in source_outputs:
-            loss_seg_aux = segmentation_loss(source_outputs["aux_logits"], source["label"])
-            loss = loss + self.config.lambda_seg_aux * loss_seg_aux
-            scalars["loss_seg_aux"] = loss_seg_aux.detach()
+        loss, scalars = source_segmentation_loss(
+            source_outputs, source["label"], self.config.lambda_seg_aux
+        )
         ctx.backward(loss)
         # The source maps are kept, without a graph, for the discriminators' step (3.).
         with torch.no_grad():

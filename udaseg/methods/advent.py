@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from udaseg.data.label_spaces import LabelSpace
 from udaseg.losses.entropy import entropy_loss, weighted_self_information
-from udaseg.losses.segmentation import segmentation_loss, upsample_logits
+from udaseg.losses.segmentation import source_segmentation_loss, upsampled_softmax
 from udaseg.methods.adversarial import (
     DISCRIMINATOR_ADAM,
     fool_discriminator_loss,
@@ -103,16 +102,10 @@ class EntropyAdaptation(Method):
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         config = self.config
         source, target = batch["source"], batch["target"]
-        scalars: dict[str, torch.Tensor] = {}
 
         # (1) Supervised loss on source.
         outputs = self.segmentor(source["image"])
-        loss = segmentation_loss(outputs["logits"], source["label"])
-        scalars["loss_seg"] = loss.detach()
-        if "aux_logits" in outputs:
-            loss_aux = segmentation_loss(outputs["aux_logits"], source["label"])
-            loss = loss + config.lambda_seg_aux * loss_aux
-            scalars["loss_seg_aux"] = loss_aux.detach()
+        loss, scalars = source_segmentation_loss(outputs, source["label"], config.lambda_seg_aux)
         ctx.backward(loss)
         source_logits = {level: outputs[key].detach() for key, level in LEVELS if key in outputs}
         del outputs, loss
@@ -126,7 +119,7 @@ class EntropyAdaptation(Method):
             if key not in target_outputs:
                 continue
             suffix = "" if level == "main" else "_aux"
-            probabilities = F.softmax(upsample_logits(target_outputs[key].float(), target_size), 1)
+            probabilities = upsampled_softmax(target_outputs[key], target_size)
             if self.minimizes_entropy:
                 loss_ent = entropy_loss(probabilities)
                 loss = loss + getattr(config, f"lambda_ent_{level}") * loss_ent
@@ -147,9 +140,7 @@ class EntropyAdaptation(Method):
         for level, target_map in target_maps.items():
             suffix = "" if level == "main" else "_aux"
             source_size = tuple(source["image"].shape[-2:])
-            source_probabilities = F.softmax(
-                upsample_logits(source_logits[level].float(), source_size), 1
-            )
+            source_probabilities = upsampled_softmax(source_logits[level], source_size)
             source_map = weighted_self_information(source_probabilities)
             losses = train_discriminator(self.discriminators[level], source_map, target_map, ctx)
             scalars.update({f"{name}{suffix}": value for name, value in losses.items()})

@@ -11,13 +11,18 @@ loop, optimizers and schedules, mixed precision, checkpoints, distributed traini
 - `training_step(batch, ctx)`: runs the forwards and calls `ctx.backward(loss)` as often as it
   needs; returns detached scalars for logging (and optionally `"visuals"`).
 - `after_optimizer_step(ctx)`: EMA updates and the like.
+- `setup(ctx)`: once before the first step (fresh or resumed), with the training datasets and
+  collectives: prototypes computed over the target set, memory banks, EMA initialisation.
+- `extra_state()` / `load_extra_state(state)`: non-module state (prototypes, banks, counters),
+  checkpointed so that a resume is exact.
 - `predict(images)`: the logits of the network that is evaluated.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -40,12 +45,37 @@ class StepContext(Protocol):
         """Backpropagate `loss` (scaled for fp16 and for gradient accumulation)."""
 
 
+@dataclass
+class SetupContext:
+    """What the engine hands `Method.setup` once before training.
+
+    `all_reduce` sums a tensor over the ranks in place (and returns it); `all_gather` stacks
+    the ranks' tensors of one shape into [world_size, ...]. Without torchrun both are cheap
+    no-ops, so a method writes the same code for one process and for many.
+    """
+
+    datasets: dict[str, Any]  # "source", "target" (when the method uses it): training datasets
+    resumed: bool  # True when the run continues from a checkpoint (extra_state restored)
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    batch_size: int = 1
+    num_workers: int = 0
+    seed: int = 0
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda tensor: tensor)
+    all_gather: Callable[[torch.Tensor], torch.Tensor] = field(
+        default=lambda tensor: tensor.unsqueeze(0)
+    )
+
+
 class Method:
     """Base class of every method; subclasses set `Config` and implement `training_step`."""
 
     Config: ClassVar[type]
     # Whether the engine loads target training batches (unlabelled) for this method.
     uses_target: ClassVar[bool] = True
+    # Whether it loads labelled source batches (all but adabn, which only reads target images).
+    uses_source: ClassVar[bool] = True
     # Optimizer settings (fields of config.OptimizerConfig) for trainable modules other than the
     # segmentor, used when the config has no `optim.<name>` entry: the paper's defaults, e.g.
     # {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99), ...}}.
@@ -69,6 +99,9 @@ class Method:
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called once per step after every optimizer stepped."""
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Called once before the first step, after weights are initialised or restored."""
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 
 from udaseg.errors import ConfigError
 from udaseg.losses.adversarial import SOURCE_DOMAIN, TARGET_DOMAIN, domain_loss
-from udaseg.losses.segmentation import segmentation_loss
+from udaseg.losses.segmentation import source_segmentation_loss
 from udaseg.methods.base import Method, StepContext, check_non_negative
 from udaseg.models.gradient_reversal import (
     PixelDomainClassifier,
@@ -84,13 +84,9 @@ class DANN(Method):
         # Source: segmentation + domain loss (label 0); one backward, then the graph is freed.
         # Backpropagating per domain gives the gradient of the summed loss at half the memory.
         outputs = self.segmentor(source["image"])
-        loss_seg = segmentation_loss(outputs["logits"], source["label"])
-        loss = loss_seg
-        scalars: dict[str, Any] = {"loss_seg": loss_seg.detach()}
-        if "aux_logits" in outputs:
-            loss_seg_aux = segmentation_loss(outputs["aux_logits"], source["label"])
-            loss = loss + self.config.lambda_seg_aux * loss_seg_aux
-            scalars["loss_seg_aux"] = loss_seg_aux.detach()
+        loss, scalars = source_segmentation_loss(
+            outputs, source["label"], self.config.lambda_seg_aux
+        )
         domain_logits = self.domain_classifier(reverse_gradient(outputs["features"], coefficient))
         loss_domain_source = domain_loss(domain_logits, SOURCE_DOMAIN)
         ctx.backward(loss + weight * loss_domain_source)

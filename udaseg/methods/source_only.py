@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from udaseg.losses.segmentation import segmentation_loss
+from udaseg.losses.segmentation import source_segmentation_loss
 from udaseg.methods.base import Method, StepContext
 from udaseg.registry import METHODS
 
@@ -32,12 +32,8 @@ class SourceOnly(Method):
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         source = batch["source"]
         outputs = self.segmentor(source["image"])
-        loss_main = segmentation_loss(outputs["logits"], source["label"])
-        loss = loss_main
-        scalars = {"loss_seg": loss_main.detach()}
-        if "aux_logits" in outputs:
-            loss_aux = segmentation_loss(outputs["aux_logits"], source["label"])
-            loss = loss + self.config.lambda_seg_aux * loss_aux
-            scalars["loss_seg_aux"] = loss_aux.detach()
+        loss, scalars = source_segmentation_loss(
+            outputs, source["label"], self.config.lambda_seg_aux
+        )
         ctx.backward(loss)
         return scalars

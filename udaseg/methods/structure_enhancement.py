@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from udaseg.data.label_spaces import LabelSpace
 from udaseg.errors import ConfigError
 from udaseg.losses.reconstruction import reconstruction_loss
-from udaseg.losses.segmentation import segmentation_loss, upsample_logits
+from udaseg.losses.segmentation import source_segmentation_loss, upsampled_softmax
 from udaseg.methods.adversarial import (
     DISCRIMINATOR_ADAM,
     fool_discriminator_loss,
@@ -122,23 +121,20 @@ class StructureEnhancement(Method):
 
         # (1) Source: supervised loss + reconstruction (its gradient reaches the encoder).
         outputs = self.segmentor(source["image"])
-        loss_seg = segmentation_loss(outputs["logits"], source["label"])
+        loss_seg, scalars = source_segmentation_loss(
+            outputs, source["label"], config.lambda_seg_aux
+        )
         loss_rec_source = self._reconstruction_loss(outputs, source["image"])
-        loss = loss_seg + config.lambda_rec * loss_rec_source
-        scalars = {"loss_seg": loss_seg.detach(), "loss_rec_source": loss_rec_source.detach()}
-        if "aux_logits" in outputs:
-            loss_aux = segmentation_loss(outputs["aux_logits"], source["label"])
-            loss = loss + config.lambda_seg_aux * loss_aux
-            scalars["loss_seg_aux"] = loss_aux.detach()
-        ctx.backward(loss)
+        scalars["loss_rec_source"] = loss_rec_source.detach()
+        ctx.backward(loss_seg + config.lambda_rec * loss_rec_source)
         source_logits = outputs["logits"].detach()
-        del outputs, loss
+        del outputs
 
         # (2) Target: reconstruction + make the frozen discriminator call target source.
         target_outputs = self.segmentor(target["image"])
         loss_rec_target = self._reconstruction_loss(target_outputs, target["image"])
         target_size = tuple(target["image"].shape[-2:])
-        target_maps = F.softmax(upsample_logits(target_outputs["logits"].float(), target_size), 1)
+        target_maps = upsampled_softmax(target_outputs["logits"], target_size)
         loss_adv = fool_discriminator_loss(self.discriminator, target_maps)
         ctx.backward(config.lambda_rec * loss_rec_target + config.lambda_adv * loss_adv)
         scalars["loss_rec_target"] = loss_rec_target.detach()
@@ -147,6 +143,6 @@ class StructureEnhancement(Method):
 
         # (3) Discriminator: detached source softmax -> 0, target softmax -> 1, each halved.
         source_size = tuple(source["image"].shape[-2:])
-        source_maps = F.softmax(upsample_logits(source_logits.float(), source_size), 1)
+        source_maps = upsampled_softmax(source_logits, source_size)
         scalars.update(train_discriminator(self.discriminator, source_maps, target_maps, ctx))
         return scalars
