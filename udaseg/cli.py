@@ -20,7 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "toy benchmark: train source-only and target-oracle models, compare them"),
     "train": ("train", "train a method from a config (resumable, DDP under torchrun)"),
     "eval": ("evaluate", "score a checkpoint or released weights on the target val split"),
+    "recipe": ("recipe", "run a multi-stage recipe (train, pseudo-label, ...), resumable"),
     "predict": ("predict", "label images in a folder or list: label, colour and overlay PNGs"),
+    "pseudo-label": (
+        "pseudo_label",
+        "write pseudo-labels of the target train split (BDL/FDA/CBST/ProDA policies), resumable",
+    ),
     "score": ("score", "score a folder of prediction PNGs against Cityscapes-layout ground truth"),
     "make-toy": (
         "make_toy",
