@@ -51,14 +51,11 @@ three atomically (temporary file in the same folder, then `os.replace`), creatin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import png
@@ -67,6 +64,7 @@ from PIL import Image
 
 from udaseg.data.io import read_png16
 from udaseg.errors import ConfigError
+from udaseg.files import atomic_write
 
 IGNORE_INDEX = 255
 
@@ -403,30 +401,6 @@ class ConfidenceHistogram:
 # --- Files -----------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write(handle)` into a temporary file beside `path`, then rename it.
-
-    A reader (or a resumed run) sees either no file or the whole file, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; give outputs the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def write_label_png(path: str | Path, labels: Array) -> None:
     """Write train ids as an 8-bit grayscale ("L") PNG, atomically.
 
@@ -438,7 +412,7 @@ def write_label_png(path: str | Path, labels: Array) -> None:
     if array.ndim != 2 or array.dtype != np.uint8:
         raise ValueError(f"labels must be uint8 [H, W], got {array.dtype} {list(array.shape)}")
     image = Image.fromarray(np.ascontiguousarray(array))  # uint8 [H, W] is mode "L"
-    _atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+    atomic_write(path, lambda stream: image.save(stream, format="PNG"))
 
 
 def confidence_to_uint16(confidence: Array) -> np.ndarray:
@@ -459,7 +433,7 @@ def write_confidence_png(path: str | Path, confidence: Array) -> None:
         raise ValueError(f"confidence must be [H, W], got {list(values.shape)}")
     height, width = values.shape
     writer = png.Writer(width, height, greyscale=True, bitdepth=16)
-    _atomic_write(path, lambda stream: writer.write(stream, values))
+    atomic_write(path, lambda stream: writer.write(stream, values))
 
 
 def read_confidence_png(path: str | Path) -> np.ndarray:
@@ -470,10 +444,10 @@ def read_confidence_png(path: str | Path) -> np.ndarray:
 def write_array_npy(path: str | Path, array: Array) -> None:
     """np.save an array atomically (e.g. soft pseudo-labels, float16 [C, h, w])."""
     values = _as_tensor(array)[0].detach().cpu().numpy()
-    _atomic_write(path, lambda stream: np.save(stream, values, allow_pickle=False))
+    atomic_write(path, lambda stream: np.save(stream, values, allow_pickle=False))
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON (indented, keys in the given order) atomically."""
     text = json.dumps(data, indent=2) + "\n"
-    _atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

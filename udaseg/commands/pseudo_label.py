@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -53,6 +52,7 @@ from udaseg.engine.faults import maybe_kill
 from udaseg.engine.loading import LoadedModel, load_for_inference
 from udaseg.errors import ConfigError
 from udaseg.evaluation.inference import predict_logits
+from udaseg.models.weights import sha256_of_file
 
 STATE_FOLDER = ".state"
 SETTINGS_FILE = "settings.json"
@@ -275,14 +275,6 @@ def _resize_method(config: Config) -> str:
     return getattr(config.eval, "resize", "pil")
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _protocol(config: Config) -> dict[str, Any]:
     eval_config = config.eval
     protocol: dict[str, Any] = {
@@ -317,7 +309,7 @@ def _settings(
         "policy": policy,
         "options": options,
         "checkpoints": [
-            {"path": str(Path(path).resolve()), "sha256": _file_digest(path)}
+            {"path": str(Path(path).resolve()), "sha256": sha256_of_file(path)}
             for path in checkpoints
         ],
         "target": to_dict(target),

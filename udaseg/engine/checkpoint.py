@@ -10,11 +10,9 @@ file that would need to run code to unpickle is refused.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 
 from udaseg import __version__
 from udaseg.errors import CheckpointError
+from udaseg.files import atomic_write
 from udaseg.models.weights import load_state_dict_strictly
 from udaseg.models.weights import read_checkpoint as read_weights_file
 
@@ -34,23 +33,7 @@ _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 def atomic_save(payload: Any, path: str | Path) -> None:
     """torch.save `payload` to `path` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; give the checkpoint the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def load_file(path: str | Path) -> Any:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from udaseg.evaluation.metrics import EvaluationResult, to_json_safe
+from udaseg.files import atomic_write
 
 _CONVENTION_TEXT = {
     "count": "GT pixels of other classes still count as false positives",
@@ -136,18 +136,5 @@ def write_json(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_json_safe(result_or_results)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
