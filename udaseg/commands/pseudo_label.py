@@ -490,6 +490,8 @@ def _progress_bar(labeller: _Labeller, start: int, description: str, enabled: bo
         unit="img",
         file=sys.stderr,
         dynamic_ncols=True,
+        # In a log file (recipes, batch jobs) one line every 30 s, not one per image.
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
         disable=not (enabled and labeller.context.is_main),
     )
 
