@@ -19,6 +19,8 @@ works from any directory.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -425,8 +427,18 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (values parsed as YAML) to a raw config dict."""
+    """Apply `a.b.c=value` strings (values parsed as YAML) to a raw config dict.
+
+    An override that switches a registry section's choice (`data.val.kind=gta5`,
+    `method.name=advent`) also drops the section's keys that only the old choice has, so a
+    checkpoint's saved Cityscapes val block can be pointed at GTA5 without its `label_type`
+    failing validation as if the user had set it; keys shared by both kinds that still hold the
+    old kind's default go too, so the new kind's default applies. Keys set by any override of
+    the same list are kept (if the new kind lacks them, that is the user's error to see). One
+    line on stderr names what was dropped.
+    """
     result = dict(data)
+    user_keys = [override.partition("=")[0] for override in overrides]
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -454,8 +466,98 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         ):
             node[parts[-1]] = merge(node[parts[-1]], value)
         else:
+            _drop_keys_of_old_choice(node, parts, value, user_keys)
             node[parts[-1]] = value
     return result
+
+
+def _polymorphic_metadata(section_parts: list[str]) -> dict | None:
+    """The `polymorphic` metadata of the section at this path of `Config`, if it is one."""
+    cls: Any = Config
+    metadata = None
+    for part in section_parts:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        spec = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        if spec is None:
+            return None
+        metadata = spec.metadata if "registry" in spec.metadata else None
+        cls = typing.get_type_hints(cls).get(part)
+    return metadata
+
+
+def _field_defaults(config_class: type) -> dict[str, Any]:
+    """Field name -> default value (dataclasses.MISSING when the field has none)."""
+    defaults = {}
+    for spec in dataclasses.fields(config_class):
+        if spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+        else:
+            defaults[spec.name] = dataclasses.MISSING
+    return defaults
+
+
+def _drop_keys_of_old_choice(
+    section: dict, parts: list[str], new_choice: Any, user_keys: list[str]
+) -> None:
+    """Before `section[parts[-1]] = new_choice`: drop the keys the old choice alone explains.
+
+    Does nothing unless `parts` names the discriminator of a registry section (`data.val.kind`,
+    `method.name`) and the value changes. Unknown choices are left to validation to report.
+    """
+    key = parts[-1]
+    section_path = ".".join(parts[:-1])
+    metadata = _polymorphic_metadata(parts[:-1])
+    if metadata is None or metadata["key"] != key:
+        return
+    old_choice = section.get(key, metadata["default"])
+    if old_choice is None or old_choice == new_choice or not isinstance(new_choice, str):
+        return
+    try:
+        old_fields = _field_defaults(_registry(metadata["registry"]).get(old_choice).Config)
+        new_fields = _field_defaults(_registry(metadata["registry"]).get(new_choice).Config)
+    except (ConfigError, AttributeError, TypeError):
+        return
+
+    def set_by_user(name: str) -> bool:
+        path = f"{section_path}.{name}"
+        return any(user == path or user.startswith(path + ".") for user in user_keys)
+
+    dropped, reset = [], []
+    for name in list(section):
+        if name == key or set_by_user(name):
+            continue
+        if name not in new_fields:
+            dropped.append(name)
+        elif (
+            name in old_fields
+            and section[name] == to_dict(old_fields[name])
+            and to_dict(old_fields[name]) != to_dict(new_fields[name])
+        ):
+            # The old kind's default (a checkpoint saves every default) is not a choice the
+            # user made: let the new kind's default apply.
+            reset.append(name)
+    for name in dropped + reset:
+        del section[name]
+    if not dropped and not reset:
+        return
+    message = f"[udaseg] {section_path}.{key} changed to {new_choice}:"
+    if dropped:
+        names = ", ".join(f"{section_path}.{name}" for name in dropped)
+        owner = f"a {old_choice} key" if len(dropped) == 1 else f"{old_choice} keys"
+        message += f" dropped {names} ({owner})"
+    if reset:
+        names = ", ".join(f"{section_path}.{name}" for name in reset)
+        message += f"{';' if dropped else ''} {names} back to the {new_choice} default"
+    _notice(message)
+
+
+def _notice(message: str) -> None:
+    # Configs are read before torch.distributed starts: under torchrun only rank 0 speaks.
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

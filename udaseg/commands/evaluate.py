@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
         loaded.label_space,
         config.eval,
         context.device,
-        progress=True,
+        progress=context.is_main,
     )
     result.protocol["weights"] = loaded.description
     if context.is_main:
-        print(format_table({config.method.name: result}))
+        print(format_table({loaded.title: result}))
         print(
             f"{result.num_images} images in {time.time() - started:.1f} s; weights: {loaded.description}",
             file=sys.stderr,

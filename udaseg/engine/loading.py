@@ -11,6 +11,7 @@ from udaseg.config import Config, apply_overrides, config_from_dict, load_config
 from udaseg.data.label_spaces import LabelSpace, get_label_space
 from udaseg.engine import checkpoint as checkpoints
 from udaseg.errors import ConfigError
+from udaseg.evaluation.report import result_title
 from udaseg.methods.base import Method
 from udaseg.models import build_segmentor
 from udaseg.models.weights import load_released_checkpoint
@@ -23,6 +24,7 @@ class LoadedModel:
     method: Method
     label_space: LabelSpace
     description: str  # where the weights came from, for reports
+    title: str  # a report's column heading: method (checkpoint or weights) [@ step]
 
 
 def load_for_inference(
@@ -65,15 +67,22 @@ def load_for_inference(
     if checkpoint is not None:
         checkpoints.load_module_states(payload, method.all_modules(), checkpoint)
         description = f"{checkpoint} (step {payload['step']})"
+        title = result_title(config.method.name, checkpoint, int(payload["step"]))
     elif weights is not None:
         load_released_checkpoint(segmentor, weights)
         description = f"{weights} (released weights, model {config.model.name})"
+        title = result_title(config.method.name, weights)
     else:
         description = f"{config.model.released} (model.released, model {config.model.name})"
+        title = result_title(config.method.name, config.model.released)
     method.to(device)
     method.train(False)
     return LoadedModel(
-        config=config, method=method, label_space=label_space, description=description
+        config=config,
+        method=method,
+        label_space=label_space,
+        description=description,
+        title=title,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,54 @@ class RunLogger:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+
+
+TENSORBOARD_MISSING = (
+    "[udaseg] TensorBoard logs are off: the tensorboard package is not installed "
+    '(pip install "udaseg[tensorboard]" turns them on; train.tensorboard=false silences this)'
+)
+
+
+def tensorboard_available() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def warn_if_tensorboard_missing(wanted: bool, enabled: bool = True) -> bool:
+    """Say on stderr, once per run and on rank 0 (`enabled`), that TensorBoard logs are off.
+
+    `train.tensorboard: true` is the default while tensorboard is an optional extra: without
+    this line a user looks for event files that were never written. Returns whether it spoke.
+    """
+    if not (wanted and enabled) or tensorboard_available():
+        return False
+    print(TENSORBOARD_MISSING, file=sys.stderr)
+    return True
+
+
+def format_progress_line(
+    step: int,
+    total_steps: int,
+    losses: dict[str, float],
+    learning_rates: dict[str, float],
+    images_per_second: float | None,
+) -> str:
+    """One compact log line, for when the progress bar is off (log files, batch jobs).
+
+    `[udaseg] step 20/2000  loss/seg 0.4123  lr 0.00025  12.34 img/s`; values with 4
+    significant digits; the segmentor's learning rate is `lr`, another module's `lr/<name>`.
+    """
+    parts = [f"[udaseg] step {step}/{total_steps}"]
+    parts += [f"{key} {value:.4g}" for key, value in losses.items()]
+    for name, value in learning_rates.items():
+        label = "lr" if name == "segmentor" or len(learning_rates) == 1 else f"lr/{name}"
+        parts.append(f"{label} {value:.4g}")
+    if images_per_second is not None:
+        parts.append(f"{images_per_second:.4g} img/s")
+    return "  ".join(parts)
 
 
 def _finite(value: Any) -> Any:

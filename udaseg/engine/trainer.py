@@ -37,12 +37,12 @@ from udaseg.engine.distributed import (
     broadcast_modules,
     init_distributed,
 )
-from udaseg.engine.logging import RunLogger
+from udaseg.engine.logging import RunLogger, format_progress_line, warn_if_tensorboard_missing
 from udaseg.engine.optim import build_optimizer, lr_factor, set_learning_rates
 from udaseg.errors import CheckpointError, ConfigError, UdasegError
 from udaseg.evaluation.evaluate import evaluate
 from udaseg.evaluation.metrics import EvaluationResult
-from udaseg.evaluation.report import format_table, write_json
+from udaseg.evaluation.report import format_table, result_title, write_json
 from udaseg.methods.base import Method, SetupContext
 from udaseg.models import build_segmentor
 from udaseg.registry import METHODS
@@ -122,6 +122,7 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
         device: "auto", "cpu" or "cuda".
     """
     context = init_distributed(device)
+    warn_if_tensorboard_missing(config.train.tensorboard, enabled=context.is_main)
     run_dir = Path(config.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     payload = _resume_payload(config, checkpoint_dir, resume)
@@ -293,13 +294,24 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
                     f"step {completed}: {bad[0]} is {scalars[bad[0]]}; the last good checkpoint is "
                     f"{last_checkpoint or 'none'} (lower the learning rate or use precision=fp32)"
                 )
-            postfix = {key: f"{value:.4g}" for key, value in scalars.items()}
+            losses = dict(scalars)
+            postfix = {key: f"{value:.4g}" for key, value in losses.items()}
             scalars.update({f"lr/{name}": value for name, value in learning_rates.items()})
             if "segmentor" in learning_rates:
                 scalars["lr"] = learning_rates["segmentor"]
             scalars.update(meter.read(images_per_step))
             logger.scalars(completed, scalars)
             progress.set_postfix(postfix, refresh=False)
+            if context.is_main and not config.train.progress_bar:
+                # Without the bar a log file would stay silent until the final table.
+                line = format_progress_line(
+                    completed,
+                    steps,
+                    losses,
+                    learning_rates,
+                    scalars.get("time/images_per_second"),
+                )
+                print(line, file=sys.stderr, flush=True)
 
         if completed % config.train.checkpoint_every == 0 or completed == steps:
             last_checkpoint = _save(
@@ -606,5 +618,6 @@ def _evaluate_and_log(
         name = "final.json" if final else f"step_{step:06d}.json"
         write_json(run_dir / "eval" / name, result)
         if final:
-            print(format_table({f"{config.method.name} @ {step}": result}), file=sys.stderr)
+            title = result_title(config.method.name, run_dir, step)
+            print(format_table({title: result}), file=sys.stderr)
     return result

@@ -39,6 +39,17 @@ def protocol_of(eval_config: EvalConfig) -> dict[str, Any]:
     return protocol
 
 
+def _batches_to_run(loader: Iterable[Any], limit: int | None, batch_size: int) -> int | None:
+    """How many batches this process will score: the loader's, or fewer under `max_images`."""
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    if limit is None:
+        return total
+    # A DataLoader knows its batch size; eval.batch_size is what eval_loader was built with.
+    per_batch = getattr(loader, "batch_size", None) or batch_size
+    needed = math.ceil(limit / max(per_batch, 1))
+    return needed if total is None else min(total, needed)
+
+
 def evaluate(
     predict_fn: Callable[[torch.Tensor], Any],
     loader: Iterable[dict[str, Any]],
@@ -68,16 +79,20 @@ def evaluate(
     if limit is not None:
         limit = math.ceil(limit / _world_size())
 
-    batches: Iterable[dict[str, Any]] = loader
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        batches = tqdm(loader, total=total, desc="evaluate", unit="batch", dynamic_ncols=True)
+        bar = tqdm(
+            total=_batches_to_run(loader, limit, eval_config.batch_size),
+            desc="evaluate",
+            unit="batch",
+            dynamic_ncols=True,
+        )
 
     label_size: list[int] | None = None
     with torch.inference_mode():
-        for batch in batches:
+        for batch in loader:
             if limit is not None and matrix.num_images >= limit:
                 break
             images = batch["image"]
@@ -99,8 +114,12 @@ def evaluate(
                 align_corners=eval_config.align_corners,
             )
             matrix.update(logits.argmax(dim=1), labels)
-    if progress and hasattr(batches, "close"):
-        batches.close()
+            if bar is not None:
+                bar.update(1)
+            if limit is not None and matrix.num_images >= limit:
+                break  # before the loader reads a batch that would not be scored
+    if bar is not None:
+        bar.close()
 
     matrix.all_reduce()
     result = matrix.compute(label_space, eval_config.subsets)

@@ -45,6 +45,27 @@ def _footnote(name: str, result: EvaluationResult) -> str:
     return "; ".join(parts)
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as short as it stays unambiguous: relative to the working directory when under it."""
+    text = str(path)
+    if "://" in text:  # a URL (released weights): its file name says which
+        return text.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return text
+
+
+def result_title(method_name: str, source: str | os.PathLike[str], step: int | None = None) -> str:
+    """A table column heading naming the method and which run or weights were scored.
+
+    `source_only (runs/toy/oracle) @ 2000`: with several runs of one method in a log or a
+    results page, the method alone does not say which run a number belongs to.
+    """
+    title = f"{method_name} ({display_path(source)})"
+    return title if step is None else f"{title} @ {step}"
+
+
 def format_table(results: Mapping[str, EvaluationResult]) -> str:
     """A per-class IoU table with one column per result.
 
