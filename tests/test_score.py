@@ -106,7 +106,8 @@ def test_ground_truth_layouts(tmp_path, capsys):
     pred, gt = one_image_layout(tmp_path, [[0, 0, 0, 1], [13, 255, 13, 13]])
     for folder in (gt, gt / "gtFine", gt / "gtFine/val", gt / "gtFine/val/aachen"):
         output = tmp_path / "layout.json"
-        assert main(["score", str(pred), str(folder), "--json", str(output)]) == 0, folder
+        argv = ["score", str(pred), str(folder), "--json", str(output), "--overwrite"]
+        assert main(argv) == 0, folder
         assert json.loads(output.read_text())["miou"]["mIoU19"] == pytest.approx(EXPECTED_MIOU)
     assert main(["score", str(pred), str(gt), "--format", "trainIds", "--split", "val"]) == 0
 

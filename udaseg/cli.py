@@ -67,6 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     except UdasegError as error:
         print(f"udaseg {name}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A folder that is read-only, a disk that is full, a file where a folder should be: the
+        # user's environment, not a bug, so one line naming the file instead of a traceback.
+        from udaseg.files import WRITE_ERRNOS, is_disk_full
+
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        reason = "cannot write: the disk is full" if is_disk_full(error) else error.strerror
+        where = f"{error.filename}: " if error.filename is not None else ""
+        print(f"udaseg {name}: error: {where}{reason}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"udaseg {name}: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -80,6 +81,53 @@ def build_section(registry: str, key: str, data: Any, path: str) -> Any:
     return from_dict(config_class, data, path, label=f"{path or registry} ({choice})")
 
 
+# --- Ranges ---------------------------------------------------------------------------------
+
+
+def check_range(
+    section: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+) -> None:
+    """ConfigError `<name>: must be <range>, got <value>` unless the field is in range.
+
+    None passes (optional fields say "not set" with it); a tuple or list is checked value by
+    value. `minimum`/`maximum` are inclusive bounds, `above`/`below` exclusive ones. `from_dict`
+    turns the message into `config key <dotted.key>: must be ...`.
+    """
+    value = getattr(section, name)
+    if value is None:
+        return
+    values = list(value) if isinstance(value, tuple | list) else [value]
+    good = all(
+        (minimum is None or item >= minimum)
+        and (maximum is None or item <= maximum)
+        and (above is None or item > above)
+        and (below is None or item < below)
+        for item in values
+    )
+    if good:
+        return
+    low = minimum if minimum is not None else above
+    high = maximum if maximum is not None else below
+    if low is not None and high is not None:
+        opening = "[" if minimum is not None else "("
+        closing = "]" if maximum is not None else ")"
+        rule = f"in {opening}{low}, {high}{closing}"
+    elif low is not None:
+        rule = f"{'>=' if minimum is not None else '>'} {low}"
+    else:
+        rule = f"{'<=' if maximum is not None else '<'} {high}"
+    if isinstance(value, tuple | list):
+        rule += " (each value)"
+        value = list(value)
+    raise ConfigError(f"{name}: must be {rule}, got {value!r}")
+
+
 # --- Top-level schema ----------------------------------------------------------------------
 
 
@@ -93,6 +141,10 @@ class DataConfig:
     label_space: str = "cityscapes19"  # what the model predicts (udaseg.data.label_spaces)
     batch_size: int = 1  # images per process per domain and step
     num_workers: int = 2  # data-loading processes per domain
+
+    def validate(self) -> None:
+        check_range(self, "batch_size", minimum=1)
+        check_range(self, "num_workers", minimum=0)
 
 
 @dataclass
@@ -108,6 +160,14 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up from warmup_ratio * lr
     warmup_ratio: float = 1e-6
+
+    def validate(self) -> None:
+        check_range(self, "total_steps", minimum=1)
+        check_range(self, "power", minimum=0)
+        check_range(self, "step_size", minimum=1)
+        check_range(self, "gamma", above=0)
+        check_range(self, "warmup_steps", minimum=0)
+        check_range(self, "warmup_ratio", minimum=0, maximum=1)
 
 
 @dataclass
@@ -129,9 +189,20 @@ class OptimizerConfig:
     schedule: ScheduleConfig | None = None
 
     def validate(self) -> None:
+        # lr 0 is allowed: it freezes the module's weights while BN statistics still move.
+        check_range(self, "lr", minimum=0)
+        check_range(self, "momentum", minimum=0, below=1)
+        check_range(self, "betas", minimum=0, below=1)
+        check_range(self, "weight_decay", minimum=0)
+        check_range(self, "head_lr_multiplier", minimum=0)
         negative = [key for key, value in self.weight_decay_multipliers.items() if value < 0]
         if negative:
-            raise ConfigError(f"weight_decay_multipliers.{negative[0]}: must be >= 0")
+            raise ConfigError(
+                f"weight_decay_multipliers.{negative[0]}: must be >= 0, "
+                f"got {self.weight_decay_multipliers[negative[0]]}"
+            )
+        if self.name == "sgd" and self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov: needs momentum > 0 (torch.optim.SGD refuses it)")
 
 
 def _default_optimizers() -> dict[str, OptimizerConfig]:
@@ -159,6 +230,16 @@ class TrainConfig:
     tensorboard: bool = True  # used when the tensorboard package is installed
     visual_every: int = 0  # images the method returns go to TensorBoard every N steps; 0 = never
 
+    def validate(self) -> None:
+        check_range(self, "steps", minimum=1)
+        check_range(self, "accumulation_steps", minimum=1)
+        check_range(self, "grad_clip_norm", above=0)
+        check_range(self, "checkpoint_every", minimum=1)
+        check_range(self, "keep_checkpoints", minimum=0)
+        check_range(self, "log_every", minimum=1)
+        check_range(self, "eval_every", minimum=0)
+        check_range(self, "visual_every", minimum=0)
+
 
 @dataclass
 class EvalConfig:
@@ -180,6 +261,13 @@ class EvalConfig:
     subsets: list[str] | None = None  # mIoU subsets reported; None = all of the label space's
     max_images: int | None = None  # evaluate only the first N (quick checks; not for reporting)
 
+    def validate(self) -> None:
+        check_range(self, "input_size", minimum=1)
+        check_range(self, "window", minimum=1)
+        check_range(self, "stride", minimum=1)
+        check_range(self, "batch_size", minimum=1)
+        check_range(self, "max_images", minimum=1)
+
 
 @dataclass
 class Config:
@@ -198,6 +286,10 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        # numpy's SeedSequence, which seeds every step, takes non-negative integers only.
+        check_range(self, "seed", minimum=0)
 
 
 # --- Validation -----------------------------------------------------------------------------
@@ -254,8 +346,17 @@ def from_dict(cls: type, data: Any, path: str = "", label: str | None = None) ->
         try:
             validate()
         except ConfigError as error:
-            raise ConfigError(f"config section {path or '<root>'}: {error}") from None
+            text = str(error)
+            field_name = _LEADING_FIELD.match(text)
+            if field_name and field_name.group(1) in fields:
+                # `steps: must be >= 1` names a field of this section: give its dotted key.
+                raise ConfigError(f"config key {_join(path, text)}") from None
+            raise ConfigError(f"config section {path or '<root>'}: {text}") from None
     return instance
+
+
+# A validate() message that starts with a field name (`steps:`, `weight_decay_multipliers.x:`).
+_LEADING_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:[.\[][^:\s]*)?:")
 
 
 def _type_name(annotation: Any) -> str:

@@ -21,3 +21,7 @@ class DataError(UdasegError):
 
 class CheckpointError(UdasegError):
     """A checkpoint or weights file cannot be read or does not fit the model."""
+
+
+class OutputError(UdasegError):
+    """An output file or folder cannot be written (exists, is a file, read-only, disk full)."""

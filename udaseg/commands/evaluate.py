@@ -11,8 +11,12 @@ from udaseg.engine.distributed import init_distributed
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "config", nargs="?", help="config naming the model and data (with --weights)"
+        "config",
+        nargs="?",
+        help="config naming the model and data (with --weights); --config CONFIG, the form "
+        "predict takes, works too",
     )
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.val.root=..."
     )
@@ -20,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", help="released weights in the original repositories' key layout"
     )
-    parser.add_argument("--json", help="write the result as JSON here")
+    parser.add_argument("--json", metavar="FILE", help="write the result as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -31,12 +36,22 @@ def run(args: argparse.Namespace) -> int:
     from udaseg.errors import ConfigError
     from udaseg.evaluation.evaluate import evaluate
     from udaseg.evaluation.report import format_table, write_json
+    from udaseg.files import check_output_file
 
+    if args.json:
+        # Before the evaluation, not after it: a bad path must not cost the whole run.
+        check_output_file(args.json, "--json", args.overwrite)
     overrides = list(args.overrides)
     config_path = args.config
     if config_path is not None and "=" in config_path:  # `udaseg eval --checkpoint X key=value`
         overrides.insert(0, config_path)
         config_path = None
+    if args.config_option is not None:
+        if config_path is not None:
+            raise ConfigError(
+                f"two configs ({config_path} and --config {args.config_option}): give one"
+            )
+        config_path = args.config_option
     context = init_distributed(args.device)
     loaded = load_for_inference(
         args.checkpoint, config_path, args.weights, overrides, context.device

@@ -29,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="output folder (created; existing files are not overwritten)"
     )
     parser.add_argument("--checkpoint", help="a udaseg checkpoint")
-    parser.add_argument("--config", help="config naming the model (with --weights)")
+    parser.add_argument(
+        "--config",
+        help="config naming the model (with --weights); `udaseg eval` and `udaseg pseudo-label` "
+        "take it the same way (or as their first argument)",
+    )
     parser.add_argument(
         "--weights", help="released weights in the original repositories' key layout"
     )
@@ -97,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from udaseg.engine.loading import load_for_inference
     from udaseg.errors import DataError
     from udaseg.evaluation.inference import predict_logits
+    from udaseg.files import check_output_folder
 
+    out = check_output_folder(args.out, "--out")
     images = collect_images(args.inputs)
-    out = Path(args.out)
     targets = {kind: out / kind for kind in ("labels", "color", "overlay")}
     if not args.overwrite:
         for _, name in images:

@@ -52,6 +52,7 @@ from udaseg.engine.faults import maybe_kill
 from udaseg.engine.loading import LoadedModel, load_for_inference
 from udaseg.errors import ConfigError
 from udaseg.evaluation.inference import predict_logits
+from udaseg.files import check_output_folder
 from udaseg.models.weights import sha256_of_file
 
 STATE_FOLDER = ".state"
@@ -82,8 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         nargs="?",
-        help="config giving data.target and eval (default: the first checkpoint's config)",
+        help="config giving data.target and eval (default: the first checkpoint's config); "
+        "--config CONFIG, the form predict takes, works too",
     )
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides of that config"
     )
@@ -129,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in config_path:  # `udaseg pseudo-label key=value ...`
         overrides.insert(0, config_path)
         config_path = None
+    if args.config_option is not None:
+        if config_path is not None:
+            raise ConfigError(
+                f"two configs ({config_path} and --config {args.config_option}): give one"
+            )
+        config_path = args.config_option
     options = {
         name: getattr(args, name)
         for name in ("percentile", "cap", "threshold", "portion")
@@ -184,7 +193,7 @@ def run_pseudo_labelling(
     checked = pseudo_labels.check_options(policy, options)
     if not checkpoints:
         raise ConfigError("--checkpoint: give at least one checkpoint")
-    out = Path(out)
+    out = check_output_folder(out, "--out")  # before the models load and the split is read
     config = _labelling_config(config_path, overrides, checkpoints[0])
     context = init_distributed(device)
     models = [load_for_inference(str(path), None, None, [], context.device) for path in checkpoints]

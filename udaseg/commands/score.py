@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "folders, or a folder of *_gtFine_labelIds.png files",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument(
         "--format",
         choices=("auto", "labelIds", "trainIds"),
@@ -370,6 +371,11 @@ def score_folders(
 
 
 def run(args: argparse.Namespace) -> int:
+    from udaseg.files import check_output_file
+
+    if args.json:
+        # Before scoring: a bad path must not waste the reading of every PNG.
+        check_output_file(args.json, "--json", args.overwrite)
     start = time.perf_counter()
     subsets = [name.strip() for name in args.subsets.split(",")] if args.subsets else None
     result = score_folders(

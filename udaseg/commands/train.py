@@ -7,6 +7,8 @@ shard of every batch stream; rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from udaseg.engine.checkpoint import describe_last_checkpoint
     from udaseg.engine.trainer import train
 
     overrides = list(args.overrides)
@@ -39,10 +42,27 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, resume)
         resume = True
     config = load_config(args.config, overrides)
-    result = train(config, resume=resume, device=args.device)
-    summary = (
-        f"trained {result.steps} steps in {result.seconds:.1f} s; run directory {result.run_dir}"
-    )
+    try:
+        result = train(config, resume=resume, device=args.device)
+    except KeyboardInterrupt:
+        # Ctrl-C: say where the run stands and how to continue it, then exit as interrupted.
+        if os.environ.get("RANK", "0") == "0":
+            last = describe_last_checkpoint(Path(config.run_dir) / "checkpoints")
+            command = shlex.join(["udaseg", "train", args.config, *overrides, "--resume"])
+            where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+            advice = f"resume with: {command}" if last else "run the same command to start again"
+            print(f"[udaseg] interrupted; {where}; {advice}", file=sys.stderr)
+        raise
+    if result.already_finished:
+        summary = (
+            f"run_dir {result.run_dir} already finished its {result.steps} steps; raise "
+            "train.steps to continue"
+        )
+    else:
+        summary = (
+            f"trained {result.steps} steps in {result.seconds:.1f} s; "
+            f"run directory {result.run_dir}"
+        )
     if result.evaluation is not None:
         scores = ", ".join(
             f"{name} {100 * value:.2f}" for name, value in result.evaluation.miou.items()

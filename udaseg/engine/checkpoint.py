@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from udaseg import __version__
 from udaseg.errors import CheckpointError
-from udaseg.files import atomic_write
+from udaseg.files import atomic_write, is_disk_full
 from udaseg.models.weights import load_state_dict_strictly
 from udaseg.models.weights import read_checkpoint as read_weights_file
 
@@ -178,12 +179,56 @@ def save_training_checkpoint(
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:06d}.pt"
-    atomic_save(payload, path)
-    _link_last(directory, path, payload)
+    try:
+        atomic_save(payload, path)
+        _link_last(directory, path, payload)
+    except (OSError, RuntimeError) as error:
+        # A failed write leaves the earlier files intact (atomic_write): say which one is good.
+        if not (isinstance(error, OSError) or is_disk_full(error) or "write" in str(error)):
+            raise
+        raise CheckpointError(_write_failure(directory, path, error)) from None
     if keep > 0:
         for _, old in step_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)
     return path
+
+
+def _write_failure(directory: Path, path: Path, error: BaseException) -> str:
+    """One line for a checkpoint that could not be written, naming the last good one."""
+    if is_disk_full(error):
+        try:
+            free = shutil.disk_usage(directory).free / 2**20
+            reason = f"the disk is full ({free:.0f} MiB free)"
+        except OSError:
+            reason = "the disk is full"
+    else:
+        text = str(error).strip()
+        reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else "")
+    return (
+        f"{path}: cannot write the checkpoint: {reason}; the last good checkpoint is "
+        f"{describe_last_checkpoint(directory) or 'none (none was written yet)'}"
+    )
+
+
+def describe_last_checkpoint(directory: Path) -> str | None:
+    """`<dir>/last.pt (step N)`, or the newest step file when `last.pt` is absent; None if none.
+
+    `last.pt` is a hard link to the newest step file: the step comes from the file it shares
+    an inode with (no checkpoint is loaded for it).
+    """
+    last = directory / LAST
+    steps = step_checkpoints(directory)
+    if last.is_file():
+        for step, path in reversed(steps):
+            try:
+                if os.path.samefile(path, last):
+                    return f"{last} (step {step})"
+            except OSError:
+                continue
+        return str(last)
+    if steps:
+        return str(steps[-1][1])
+    return None
 
 
 def _link_last(directory: Path, target: Path, payload: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from udaseg.files import atomic_write
+
 
 class RunLogger:
     """Writes `metrics.jsonl` (one JSON object per line) and TensorBoard events.
@@ -22,9 +24,14 @@ class RunLogger:
         run_dir: the run directory.
         enabled: False on ranks other than 0 (everything becomes a no-op).
         tensorboard: also write TensorBoard events if the package is installed.
+        start_step: the step training continues from (a resumed checkpoint's, 0 when fresh):
+            records of later steps, written before a kill and about to be written again, are
+            dropped from `metrics.jsonl` and purged from TensorBoard.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, start_step: int = 0
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer = None
@@ -32,13 +39,17 @@ class RunLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.path, start_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is an optional extra
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                # TensorBoard hides events of steps >= purge_step written before this session.
+                self.writer = SummaryWriter(
+                    log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1
+                )
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
@@ -64,6 +75,32 @@ class RunLogger:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Drop the records of `path` (metrics.jsonl) whose step is after `last_step`; return how many.
+
+    A run killed after its last checkpoint logged steps that the resumed run replays: without
+    this they would appear twice. A line cut short by the kill is dropped too. The file is
+    rewritten atomically, so another kill here loses nothing.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped += int(bool(line.strip()))
+            continue
+        if isinstance(step, int | float) and step <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+    return dropped
 
 
 TENSORBOARD_MISSING = (

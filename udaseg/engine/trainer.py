@@ -43,6 +43,7 @@ from udaseg.errors import CheckpointError, ConfigError, UdasegError
 from udaseg.evaluation.evaluate import evaluate
 from udaseg.evaluation.metrics import EvaluationResult
 from udaseg.evaluation.report import format_table, result_title, write_json
+from udaseg.files import check_output_folder, remove_stale_temporary_files
 from udaseg.methods.base import Method, SetupContext
 from udaseg.models import build_segmentor
 from udaseg.registry import METHODS
@@ -60,6 +61,10 @@ RESUMABLE_CHANGES = (
     "train.visual_every",
     "init",
     "data.num_workers",
+    # A dataset moved to another folder (or disk) holds the same images: the trajectory is the
+    # same, so a resume may follow it.
+    "data.source.root",
+    "data.target.root",
     "eval.",
     "data.val.",
     "run_dir",
@@ -109,6 +114,9 @@ class TrainResult:
     seconds: float
     final_checkpoint: Path | None
     evaluation: EvaluationResult | None
+    # The resumed checkpoint had already reached train.steps: nothing was trained (and nothing
+    # evaluated when eval/final.json existed).
+    already_finished: bool = False
 
 
 def train(config: Config, resume: bool | str | None = None, device: str = "auto") -> TrainResult:
@@ -125,7 +133,33 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     warn_if_tensorboard_missing(config.train.tensorboard, enabled=context.is_main)
     run_dir = Path(config.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
+    if context.is_main:
+        # Before any work: an unwritable run_dir would otherwise fail at the first checkpoint.
+        check_output_folder(run_dir, "run_dir")
+        # Kills during a save leave `.<name>.*.tmp` files; no other process writes here now.
+        removed = remove_stale_temporary_files(checkpoint_dir)
+        if removed:
+            print(
+                f"[udaseg] removed {len(removed)} temporary file(s) of interrupted saves from "
+                f"{checkpoint_dir}",
+                file=sys.stderr,
+            )
     payload = _resume_payload(config, checkpoint_dir, resume)
+    if payload is not None and int(payload["step"]) >= config.train.steps:
+        final_evaluation = run_dir / "eval" / "final.json"
+        if config.data.val is None or not config.train.eval_at_end or final_evaluation.is_file():
+            # Nothing to train and nothing to evaluate: building datasets and models would only
+            # cost time.
+            return TrainResult(
+                run_dir=run_dir,
+                steps=int(payload["step"]),
+                seconds=0.0,
+                final_checkpoint=checkpoint_dir / checkpoints.LAST
+                if resume is True
+                else Path(resume),
+                evaluation=None,
+                already_finished=True,
+            )
 
     _seed_everything(config.seed, context.rank, config.train.deterministic, context.device)
     label_space = get_label_space(config.data.label_space)
@@ -198,7 +232,12 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
 
-    logger = RunLogger(run_dir, enabled=context.is_main, tensorboard=config.train.tensorboard)
+    logger = RunLogger(
+        run_dir,
+        enabled=context.is_main,
+        tensorboard=config.train.tensorboard,
+        start_step=start_step,
+    )
     steps = config.train.steps
     accumulation = config.train.accumulation_steps
     batches = {name: stream.batches(start_step * accumulation) for name, stream in streams.items()}
@@ -219,115 +258,125 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     images_per_step = config.data.batch_size * accumulation * len(streams)
     visual_every = config.train.visual_every
 
-    for step in range(start_step, steps):
-        # Learning rates for this step (poly decay keeps the head's 10x ratio); each optimizer
-        # follows its own schedule when it has one.
-        learning_rates = {}
-        for name, optimizer in optimizers.items():
-            schedule = optimizer_configs[name].schedule or config.schedule
-            learning_rates[name] = set_learning_rates(
-                optimizer, optimizer_configs[name].lr, lr_factor(step, schedule, steps)
-            )
-        # The RNG state of a step is a function of (seed, rank, step): resume is exact without
-        # replaying earlier steps.
-        _seed_step(config.seed, context.rank, step)
-        for optimizer in optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-
-        ctx = TrainContext(
-            step=step,
-            # Progress follows the schedule's horizon, which a resume cannot change (train.steps
-            # can): methods with ramps (DANN's reversal coefficient) then resume exactly.
-            total_steps=config.schedule.total_steps or steps,
-            device=context.device,
-            precision=config.train.precision,
-            scaler=scaler,
-            accumulation_steps=accumulation,
-            wants_visuals=bool(visual_every) and (step + 1) % visual_every == 0,
-        )
-        for _ in range(accumulation):
-            batch = {
-                name: _to_device(next(iterator), context.device, memory_format)
-                for name, iterator in batches.items()
-            }
-            with ctx.autocast():
-                outputs = method.training_step(batch, ctx)
-            for key, value in outputs.items():
-                if key != "visuals":
-                    pending.setdefault(key, []).append(torch.as_tensor(value).detach().float())
-            if ctx.wants_visuals and outputs.get("visuals"):
-                logger.images(step + 1, _visual_arrays(outputs["visuals"]))
-
-        # Average gradients (and BN statistics) over ranks, then step the optimizers whose
-        # module received gradients: alternating GAN updates leave one module without any, and
-        # the fp16 scaler refuses to step an optimizer it recorded no inf checks for. After the
-        # all-reduce every rank holds the same set of gradients, so every rank decides alike.
-        all_reduce_gradients(trainable, context)
-        average_buffers(method.all_modules(), context)
-        stepped = 0
-        for name, optimizer in optimizers.items():
-            if not _has_gradients(trainable[name]):
-                continue
-            if config.train.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(
-                    trainable[name].parameters(), config.train.grad_clip_norm
+    try:
+        for step in range(start_step, steps):
+            # Learning rates for this step (poly decay keeps the head's 10x ratio); each optimizer
+            # follows its own schedule when it has one.
+            learning_rates = {}
+            for name, optimizer in optimizers.items():
+                schedule = optimizer_configs[name].schedule or config.schedule
+                learning_rates[name] = set_learning_rates(
+                    optimizer, optimizer_configs[name].lr, lr_factor(step, schedule, steps)
                 )
-            scaler.step(optimizer)
-            stepped += 1
-        if stepped:
-            scaler.update()
-        method.after_optimizer_step(ctx)
-        faults.maybe_kill("train.step")
+            # The RNG state of a step is a function of (seed, rank, step): resume is exact without
+            # replaying earlier steps.
+            _seed_step(config.seed, context.rank, step)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
 
-        completed = step + 1
-        progress.update(1)
-        meter.step()
-        if completed % config.train.log_every == 0 or completed == steps:
-            # One host sync per log interval, not per step.
-            scalars = {key: torch.stack(values).mean().item() for key, values in pending.items()}
-            pending.clear()
-            scalars = all_reduce_scalars(scalars, context)
-            bad = [key for key, value in scalars.items() if not math.isfinite(value)]
-            if bad:
-                raise TrainingDiverged(
-                    f"step {completed}: {bad[0]} is {scalars[bad[0]]}; the last good checkpoint is "
-                    f"{last_checkpoint or 'none'} (lower the learning rate or use precision=fp32)"
-                )
-            losses = dict(scalars)
-            postfix = {key: f"{value:.4g}" for key, value in losses.items()}
-            scalars.update({f"lr/{name}": value for name, value in learning_rates.items()})
-            if "segmentor" in learning_rates:
-                scalars["lr"] = learning_rates["segmentor"]
-            scalars.update(meter.read(images_per_step))
-            logger.scalars(completed, scalars)
-            progress.set_postfix(postfix, refresh=False)
-            if context.is_main and not config.train.progress_bar:
-                # Without the bar a log file would stay silent until the final table.
-                line = format_progress_line(
-                    completed,
-                    steps,
-                    losses,
-                    learning_rates,
-                    scalars.get("time/images_per_second"),
-                )
-                print(line, file=sys.stderr, flush=True)
-
-        if completed % config.train.checkpoint_every == 0 or completed == steps:
-            last_checkpoint = _save(
-                config, checkpoint_dir, completed, method, optimizers, scaler, context
+            ctx = TrainContext(
+                step=step,
+                # Progress follows the schedule's horizon, which a resume cannot change (train.steps
+                # can): methods with ramps (DANN's reversal coefficient) then resume exactly.
+                total_steps=config.schedule.total_steps or steps,
+                device=context.device,
+                precision=config.train.precision,
+                scaler=scaler,
+                accumulation_steps=accumulation,
+                wants_visuals=bool(visual_every) and (step + 1) % visual_every == 0,
             )
+            for _ in range(accumulation):
+                batch = {
+                    name: _to_device(next(iterator), context.device, memory_format)
+                    for name, iterator in batches.items()
+                }
+                with ctx.autocast():
+                    outputs = method.training_step(batch, ctx)
+                for key, value in outputs.items():
+                    if key != "visuals":
+                        pending.setdefault(key, []).append(torch.as_tensor(value).detach().float())
+                if ctx.wants_visuals and outputs.get("visuals"):
+                    logger.images(step + 1, _visual_arrays(outputs["visuals"]))
 
-        if (
-            val_loader is not None
-            and config.train.eval_every
-            and completed % config.train.eval_every == 0
-            and completed != steps
-        ):
-            _evaluate_and_log(
-                method, val_loader, label_space, config, context, logger, completed, run_dir
-            )
-            method.train(True)
+            # Average gradients (and BN statistics) over ranks, then step the optimizers whose
+            # module received gradients: alternating GAN updates leave one module without any, and
+            # the fp16 scaler refuses to step an optimizer it recorded no inf checks for. After the
+            # all-reduce every rank holds the same set of gradients, so every rank decides alike.
+            all_reduce_gradients(trainable, context)
+            average_buffers(method.all_modules(), context)
+            stepped = 0
+            for name, optimizer in optimizers.items():
+                if not _has_gradients(trainable[name]):
+                    continue
+                if config.train.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        trainable[name].parameters(), config.train.grad_clip_norm
+                    )
+                scaler.step(optimizer)
+                stepped += 1
+            if stepped:
+                scaler.update()
+            method.after_optimizer_step(ctx)
+            faults.maybe_kill("train.step")
+
+            completed = step + 1
+            progress.update(1)
+            meter.step()
+            if completed % config.train.log_every == 0 or completed == steps:
+                # One host sync per log interval, not per step.
+                scalars = {
+                    key: torch.stack(values).mean().item() for key, values in pending.items()
+                }
+                pending.clear()
+                scalars = all_reduce_scalars(scalars, context)
+                bad = [key for key, value in scalars.items() if not math.isfinite(value)]
+                if bad:
+                    raise TrainingDiverged(
+                        f"step {completed}: {bad[0]} is {scalars[bad[0]]}; the last good "
+                        f"checkpoint is {last_checkpoint or 'none'} (lower the learning rate or "
+                        "use precision=fp32)"
+                    )
+                losses = dict(scalars)
+                postfix = {key: f"{value:.4g}" for key, value in losses.items()}
+                scalars.update({f"lr/{name}": value for name, value in learning_rates.items()})
+                if "segmentor" in learning_rates:
+                    scalars["lr"] = learning_rates["segmentor"]
+                scalars.update(meter.read(images_per_step))
+                logger.scalars(completed, scalars)
+                progress.set_postfix(postfix, refresh=False)
+                if context.is_main and not config.train.progress_bar:
+                    # Without the bar a log file would stay silent until the final table.
+                    line = format_progress_line(
+                        completed,
+                        steps,
+                        losses,
+                        learning_rates,
+                        scalars.get("time/images_per_second"),
+                    )
+                    print(line, file=sys.stderr, flush=True)
+
+            if completed % config.train.checkpoint_every == 0 or completed == steps:
+                last_checkpoint = _save(
+                    config, checkpoint_dir, completed, method, optimizers, scaler, context
+                )
+
+            if (
+                val_loader is not None
+                and config.train.eval_every
+                and completed % config.train.eval_every == 0
+                and completed != steps
+            ):
+                _evaluate_and_log(
+                    method, val_loader, label_space, config, context, logger, completed, run_dir
+                )
+                method.train(True)
+    except BaseException:
+        # Ctrl-C or an error: end the bar's line and flush the logs, so that the message
+        # that follows (which checkpoint to resume from) stands on its own line.
+        progress.close()
+        logger.close()
+        raise
 
     progress.close()
     seconds = time.time() - started
@@ -339,10 +388,11 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     logger.close()
     return TrainResult(
         run_dir=run_dir,
-        steps=steps,
+        steps=max(steps, start_step),
         seconds=seconds,
         final_checkpoint=last_checkpoint,
         evaluation=evaluation,
+        already_finished=start_step >= steps,
     )
 
 
@@ -360,6 +410,13 @@ def _resume_payload(config: Config, checkpoint_dir: Path, resume: bool | str | N
         return None
     path = last if resume is True else Path(resume)
     if not path.exists():
+        existing = checkpoints.step_checkpoints(checkpoint_dir) if resume is True else []
+        if existing:
+            names = ", ".join(step_path.name for _, step_path in reversed(existing))
+            raise CheckpointError(
+                f"{path}: no checkpoint to resume from, but {checkpoint_dir} holds {names}; "
+                f"continue from one with --resume PATH (e.g. --resume {existing[-1][1]})"
+            )
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     payload = checkpoints.read_checkpoint(path)
     changed = _changed_keys(to_dict(config_from_dict(payload["config"])), to_dict(config))

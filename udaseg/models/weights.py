@@ -386,6 +386,7 @@ def read_checkpoint(path: str | Path) -> Any:
             raise CheckpointError(
                 f"{path}: not a readable safetensors file ({_first_line(error)})"
             ) from None
+    _check_torch_file_header(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -407,6 +408,33 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})"
         ) from None
+
+
+# torch.save writes a zip archive (since 1.6) or, with the legacy format, a pickle stream whose
+# first byte is the PROTO opcode; anything else is not a file torch.load can read.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
+
+
+def _check_torch_file_header(path: Path) -> None:
+    """CheckpointError unless the file starts like a zip or pickle file.
+
+    torch.load on a text file fails with messages such as `101` (a KeyError on the byte 'e'),
+    which say nothing about the actual problem: the file is not a checkpoint at all.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror})") from None
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_OPCODE):
+        return
+    if not head:
+        raise CheckpointError(f"{path}: empty file, not a udaseg checkpoint or weights file")
+    raise CheckpointError(
+        f"{path}: not a udaseg checkpoint, nor any PyTorch file (torch.save writes a zip or "
+        f"pickle file; this one starts with {head[:8]!r})"
+    )
 
 
 def _first_line(error: BaseException) -> str:
