@@ -7,6 +7,7 @@ permission check (`os.access`) is made to answer as it would for another user.
 from __future__ import annotations
 
 import errno
+import re
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from tests.engine_helpers import tiny_config, write_config, write_tiny_benchmark
+from tests.test_cli import TINY_TOY as TINY_TOY_ARGUMENTS
 from tests.test_score import one_image_layout
 from udaseg import files
 from udaseg.cli import main
@@ -381,3 +383,28 @@ def test_config_is_accepted_as_an_option_everywhere(
     argv = ["pseudo-label", "a.yaml", "--config", "b.yaml", "--checkpoint", str(missing)]
     line = error_line(capsys, [*argv, "--policy", "argmax", "--out", str(tmp_path / "labels")])
     assert "two configs (a.yaml and --config b.yaml): give one" in line
+
+
+# --- A newcomer's first minutes ----------------------------------------------------------------
+
+
+def test_toy_generation_shows_a_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["make-toy", "--out", str(tmp_path / "toy"), *TINY_TOY_ARGUMENTS])
+    captured = capsys.readouterr()
+    assert code == 0
+    # The bar counts images to the total (8 + 6 + 4) and gives a rate.
+    assert "18/18" in captured.err and "img/s" in captured.err
+    # The closing lines say that shipped configs read the cache, and how to use this folder.
+    assert "read the cached copy" in captured.out
+    assert f"data.source.root={tmp_path / 'toy' / 'source'}" in captured.out
+
+
+def test_print_config_writes_one_yaml_style(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["print-config", "toy/source_only.yaml"]) == 0
+    text = capsys.readouterr().out
+    # Block style only: no inline `[64, 128]` lists or `{a: 1}` mappings beside block ones
+    # (an empty one can only be written `{}` or `[]`).
+    assert not re.search(r"\[[^\]]|\{[^}]", text), text
+    assert "crop:\n    - 64\n    - 128\n" in text

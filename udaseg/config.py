@@ -674,4 +674,5 @@ def config_from_dict(data: dict) -> Config:
 
 
 def dump_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+    # Block style throughout: one YAML style for `print-config` and run directories alike.
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False)

@@ -9,7 +9,6 @@ dataset readers load it unchanged. Without `--out` the benchmark goes to the cac
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -75,19 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(
-            f"\r[make-toy] {done}/{total} images",
-            end="" if done < total else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     from udaseg.data.toy.generate import ensure_toy, generate_toy, read_manifest
     from udaseg.data.toy.preview import write_preview
+    from udaseg.data.toy.progress import GenerationProgress
 
     started = time.perf_counter()
     options = {
@@ -98,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "num_target": args.num_target,
         "num_val": args.num_val,
         "workers": args.workers,
-        "progress": _progress,
+        "progress": GenerationProgress("make-toy"),
     }
     if args.out is None:
         directory = ensure_toy(**options)
@@ -107,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
         generate_toy(directory, **options)
     manifest = read_manifest(directory)
     print(describe(directory, manifest, time.perf_counter() - started))
+    if args.out is not None:
+        # The shipped configs' `toy://` roots read the cache, not this folder.
+        print(
+            f"note: toy/*.yaml configs read the cached copy (toy:// roots), not {directory}; to "
+            f"train on this one, set data.source.root={directory / 'source'} "
+            f"data.target.root={directory / 'target'} data.val.root={directory / 'target'}"
+        )
     if args.preview:
         path = write_preview(directory, args.preview)
         print(f"preview: {path}")

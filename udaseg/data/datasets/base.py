@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import operator
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,21 +56,13 @@ def resolve_root(root: str) -> Path:
     for scheme, layout in TOY_SCHEMES.items():
         if root.startswith(scheme):
             from udaseg.data.toy import ensure_toy
+            from udaseg.data.toy.progress import GenerationProgress
 
-            return ensure_toy(layout=layout, progress=_ToyAnnouncer()) / root[len(scheme) :]
+            progress = GenerationProgress(
+                "toy benchmark", "[udaseg] generating the toy benchmark (once; then cached)"
+            )
+            return ensure_toy(layout=layout, progress=progress) / root[len(scheme) :]
     return Path(root).expanduser()
-
-
-class _ToyAnnouncer:
-    """Says once that the toy benchmark is being generated (first use only)."""
-
-    def __init__(self) -> None:
-        self.announced = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.announced:
-            self.announced = True
-            print(f"[udaseg] generating the toy benchmark ({total} images, once)", file=sys.stderr)
 
 
 @dataclass
