@@ -383,6 +383,12 @@ def test_config_is_accepted_as_an_option_everywhere(
     argv = ["pseudo-label", "a.yaml", "--config", "b.yaml", "--checkpoint", str(missing)]
     line = error_line(capsys, [*argv, "--policy", "argmax", "--out", str(tmp_path / "labels")])
     assert "two configs (a.yaml and --config b.yaml): give one" in line
+    # train and print-config take both forms too; an override after --config stays an override.
+    assert main(["print-config", "--config", "toy/source_only.yaml", "train.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out
+    line = error_line(capsys, ["train", "--config", "toy/source_only.yaml", "train.steps=0"])
+    assert "config key train.steps: must be >= 1" in line
+    assert "no config: give CONFIG" in error_line(capsys, ["train"])
 
 
 # --- A newcomer's first minutes ----------------------------------------------------------------

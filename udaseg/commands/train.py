@@ -12,11 +12,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from udaseg.commands import add_config_arguments, config_path
 from udaseg.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config (a path, or a name under udaseg/configs)")
+    add_config_arguments(parser)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=100"
     )
@@ -35,20 +36,21 @@ def run(args: argparse.Namespace) -> int:
     from udaseg.engine.checkpoint import describe_last_checkpoint
     from udaseg.engine.trainer import train
 
+    config_file = config_path(args)  # may give back an override the positional swallowed
     overrides = list(args.overrides)
     resume = args.resume
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         # `--resume key=value`: the optional CKPT swallowed an override.
         overrides.insert(0, resume)
         resume = True
-    config = load_config(args.config, overrides)
+    config = load_config(config_file, overrides)
     try:
         result = train(config, resume=resume, device=args.device)
     except KeyboardInterrupt:
         # Ctrl-C: say where the run stands and how to continue it, then exit as interrupted.
         if os.environ.get("RANK", "0") == "0":
             last = describe_last_checkpoint(Path(config.run_dir) / "checkpoints")
-            command = shlex.join(["udaseg", "train", args.config, *overrides, "--resume"])
+            command = shlex.join(["udaseg", "train", config_file, *overrides, "--resume"])
             where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
             advice = f"resume with: {command}" if last else "run the same command to start again"
             print(f"[udaseg] interrupted; {where}; {advice}", file=sys.stderr)
