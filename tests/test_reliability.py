@@ -7,9 +7,9 @@ permission check (`os.access`) is made to answer as it would for another user.
 from __future__ import annotations
 
 import errno
-import re
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
