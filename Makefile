@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format setup clean
+.PHONY: demo test lint format setup clean chromium
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/udaseg demo
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check udaseg tests bench
 	$(BIN)/ruff format --check udaseg tests bench
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# The browser test of `udaseg report` (tests/test_report.py) drives Debian's headless Chromium,
+# installed here when absent (apt-get, as root: CI runs as root; elsewhere install it yourself).
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check udaseg tests bench

@@ -24,54 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from udaseg.errors import UdasegError
+from udaseg.reporting import comparison_table, run_logged, train_seed
+
 BASELINES = {"source_only": "toy/source_only.yaml", "adabn": "toy/adabn.yaml"}
-
-
-def _run(command: list[str], log_path: Path, threads: int, label: str, seed: int) -> float:
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    started = time.time()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        completed = subprocess.run(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    if completed.returncode != 0:
-        raise SystemExit(f"{label} seed {seed} failed: see {log_path}")
-    return time.time() - started
 
 
 def run_config(
     config: str, seed: int, out: Path, threads: int, overrides: list[str], label: str
 ) -> list[dict]:
-    run_dir = out / label / f"seed{seed}"
-    final = run_dir / "eval" / "final.json"
-    timing = run_dir / "wall_seconds.txt"
-    if not final.is_file():
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        command = [
-            *(sys.executable, "-m", "udaseg", "train", config),
-            *(f"seed={seed}", f"run_dir={run_dir}", "train.progress_bar=false", *overrides),
-        ]
-        seconds = _run(command, out / "logs" / f"{label}-seed{seed}.log", threads, label, seed)
-        timing.write_text(f"{seconds:.1f}\n", encoding="utf-8")
-    result = json.loads(final.read_text(encoding="utf-8"))
-    return [
-        {
-            "label": label,
-            "config": config,
-            "seed": seed,
-            "miou": result["miou"],
-            "per_class_iou": result["per_class_iou"],
-            "seconds": float(timing.read_text()) if timing.exists() else None,
-        }
-    ]
+    """Train (or reuse) `out/<label>/seed<N>`: the same runner as `udaseg sweep`."""
+    log = out / "logs" / f"{label}-seed{seed}.log"
+    result = train_seed(config, seed, out / label / f"seed{seed}", overrides, threads, log, label)
+    return [result]
 
 
 def run_recipe(
@@ -84,7 +53,8 @@ def run_recipe(
         *("train.progress_bar=false", *overrides, "--dir", str(directory)),
     ]
     # A finished recipe skips every stage, so this is cheap when all is done.
-    _run(command, out / "logs" / f"{label}-seed{seed}.log", threads, label, seed)
+    log = out / "logs" / f"{label}-seed{seed}.log"
+    run_logged(command, log, threads, f"{label} seed {seed}")
     results = []
     for marker in sorted((directory / "stages").glob("*.json"), key=os.path.getmtime):
         record = json.loads(marker.read_text(encoding="utf-8"))
@@ -103,23 +73,6 @@ def run_recipe(
             }
         )
     return results
-
-
-def _paired(values: list[float], baseline: list[float] | None) -> str:
-    if baseline is None or len(baseline) != len(values):
-        return "-"
-    differences = [value - base for value, base in zip(values, baseline, strict=True)]
-    spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    return f"{statistics.fmean(differences):+.2f} ± {spread:.2f}"
-
-
-def _baseline_values(label: str, name: str, values: dict[str, list[float]]):
-    """The baseline paired with `label`: its recipe's own stage of that name, else the global."""
-    if "/" in label:
-        own = f"{label.split('/')[0]}/{name}"
-        if own in values:
-            return values[own]
-    return values.get(name)
 
 
 def main() -> None:
@@ -196,44 +149,7 @@ def main() -> None:
         for future in futures:
             results.extend(future.result())
 
-    by_label: dict[str, list[dict]] = {}
-    for result in results:
-        by_label.setdefault(result["label"], []).append(result)
-    values = {
-        label: [100 * run["miou"][args.metric] for run in sorted(runs, key=lambda r: r["seed"])]
-        for label, runs in by_label.items()
-    }
-    seeds = args.seeds
-    header = (
-        "| method | "
-        + " | ".join(f"seed {s}" for s in seeds)
-        + f" | mean ± std {args.metric} | vs source-only (paired) | vs adabn (paired) | mean s/run |"
-    )
-    lines = [header, "|" + "---|" * (len(seeds) + 5)]
-    summary = {}
-    for label, runs in by_label.items():
-        runs.sort(key=lambda run: run["seed"])
-        scores = values[label]
-        seconds = [run["seconds"] for run in runs if run["seconds"] is not None]
-        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        mean_seconds = statistics.fmean(seconds) if seconds else float("nan")
-        cells = " | ".join(f"{value:.2f}" for value in scores)
-        versus_source = _paired(scores, _baseline_values(label, "source_only", values))
-        versus_adabn = _paired(scores, _baseline_values(label, "adabn", values))
-        lines.append(
-            f"| {label} | {cells} | {statistics.fmean(scores):.2f} ± {spread:.2f} | "
-            f"{versus_source} | {versus_adabn} | {mean_seconds:.0f} |"
-        )
-        summary[label] = {
-            "values": scores,
-            "mean": statistics.fmean(scores),
-            "std": spread,
-            "versus_source_only": versus_source,
-            "versus_adabn": versus_adabn,
-            "seconds": seconds,
-            "runs": runs,
-        }
-    table = "\n".join(lines)
+    table, summary = comparison_table(results, args.seeds, args.metric)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(
@@ -242,4 +158,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UdasegError as error:  # a failed run: one line naming its log
+        raise SystemExit(f"toy_methods: {error}") from None

@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a method from a config (resumable, DDP under torchrun)"),
     "eval": ("evaluate", "score a checkpoint or released weights on the target val split"),
     "recipe": ("recipe", "run a multi-stage recipe (train, pseudo-label, ...), resumable"),
-    "predict": ("predict", "label images in a folder or list: label, colour and overlay PNGs"),
+    "predict": (
+        "predict",
+        "label images, folders, lists or videos (checkpoint or ONNX): labels, colours, overlays",
+    ),
     "pseudo-label": (
         "pseudo_label",
         "write pseudo-labels of the target train split (BDL/FDA/CBST/ProDA policies), resumable",
@@ -32,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write the embedded toy benchmark (GTA5/SYNTHIA + Cityscapes layouts)",
     ),
     "print-config": ("print_config", "print a config with its parents and overrides resolved"),
+    "report": ("report", "HTML report of runs: per-class IoU over seeds, curves, samples"),
+    "sweep": ("sweep", "train a config over seeds (resumable): mean ± std table and report"),
+    "export": ("export", "export a checkpoint's network to ONNX (normalisation inside)"),
 }
 
 
