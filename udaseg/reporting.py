@@ -21,6 +21,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -108,10 +109,17 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     return Run(run_dir=run_dir, config=config, result=result, records=records)
 
 
+_SEED_FOLDER = re.compile(r"seed\d+")
+
+
 def config_key(config: Mapping[str, Any]) -> str:
-    """The config without `seed` and `run_dir`, as canonical text: equal keys = one config."""
+    """The config without `seed` and `run_dir`, as canonical text: equal keys = one config.
+
+    Paths inside it that differ only by a `seed<N>` folder (a recipe's `init.segmentor` and
+    `data.target.pseudo_labels` point into the same seed's earlier stages) count as equal.
+    """
     rest = {key: value for key, value in config.items() if key not in ("seed", "run_dir")}
-    return json.dumps(to_json_safe(rest), sort_keys=True)
+    return _SEED_FOLDER.sub("seed*", json.dumps(to_json_safe(rest), sort_keys=True))
 
 
 def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -129,7 +137,9 @@ def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
         label = group[0].method
         if methods.count(label) > 1:
             folder = group[0].run_dir
-            label = f"{label} ({folder.parent.name}/{folder.name})"
+            # A recipe stage's folder names it; a sweep's `seed<N>` folder does not.
+            name = folder.parent.name if _SEED_FOLDER.fullmatch(folder.name) else folder.name
+            label = f"{label} ({name})"
         while label in groups:
             label += "'"
         groups[label] = sorted(group, key=lambda run: (run.seed is None, run.seed or 0))
