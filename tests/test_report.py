@@ -235,3 +235,18 @@ def test_sweep_of_tiny_runs_and_report_in_chromium(
     assert sorted(src for src, _, _ in found["images"]) == names
     assert all(complete and width > 0 for _, complete, width in found["images"]), found
     assert screenshot.stat().st_size > 10_000
+
+
+def test_recipe_stages_group_by_seed_folder() -> None:
+    """Paths that differ only by the seed's folder are one config; another stage is not."""
+    from udaseg.reporting import config_key
+
+    def stage(seed: int, init_stage: str) -> dict:
+        return {
+            "seed": seed,
+            "run_dir": f"runs/st/seed{seed}/self_training",
+            "init": {"segmentor": f"runs/st/seed{seed}/{init_stage}/checkpoints/last.pt"},
+        }
+
+    assert config_key(stage(0, "source_only")) == config_key(stage(2, "source_only"))
+    assert config_key(stage(0, "source_only")) != config_key(stage(0, "adabn"))
