@@ -111,7 +111,13 @@ def check_output_folder(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: exists and is a file, not a folder")
-    existing = _nearest_existing(path)
+    _check_writable_under(path, path, option)
+    return path
+
+
+def _check_writable_under(folder: Path, path: Path, option: str) -> None:
+    """OutputError unless `folder` exists as a writable folder or can be created as one."""
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise OutputError(f"{option} {path}: cannot create a folder under the file {existing}")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -119,7 +125,6 @@ def check_output_folder(path: str | Path, option: str) -> Path:
             f"{option} {path}: cannot write in {existing} (no write permission, or a read-only "
             "file system)"
         )
-    return path
 
 
 def check_output_file(path: str | Path, option: str, overwrite: bool) -> Path:
@@ -140,12 +145,5 @@ def check_output_file(path: str | Path, option: str, overwrite: bool) -> Path:
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
-    existing = _nearest_existing(parent)
-    if not existing.is_dir():
-        raise OutputError(f"{option} {path}: cannot create a folder under the file {existing}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"{option} {path}: cannot write in {existing} (no write permission, or a read-only "
-            "file system)"
-        )
+    _check_writable_under(parent, path, option)
     return path

@@ -6,17 +6,15 @@ import argparse
 import sys
 import time
 
+from udaseg.commands import add_config_arguments
+from udaseg.commands import config_path as chosen_config
 from udaseg.engine.distributed import init_distributed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        nargs="?",
-        help="config naming the model and data (with --weights); --config CONFIG, the form "
-        "predict takes, works too",
+    add_config_arguments(
+        parser, required=False, help="config naming the model and data (with --weights)"
     )
-    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.val.root=..."
     )
@@ -41,17 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         # Before the evaluation, not after it: a bad path must not cost the whole run.
         check_output_file(args.json, "--json", args.overwrite)
+    config_path = chosen_config(args)  # may give back an override the positional swallowed
     overrides = list(args.overrides)
-    config_path = args.config
-    if config_path is not None and "=" in config_path:  # `udaseg eval --checkpoint X key=value`
-        overrides.insert(0, config_path)
-        config_path = None
-    if args.config_option is not None:
-        if config_path is not None:
-            raise ConfigError(
-                f"two configs ({config_path} and --config {args.config_option}): give one"
-            )
-        config_path = args.config_option
     context = init_distributed(args.device)
     loaded = load_for_inference(
         args.checkpoint, config_path, args.weights, overrides, context.device

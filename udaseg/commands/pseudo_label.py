@@ -41,6 +41,8 @@ import torch
 from torch.utils.data import Subset
 
 from udaseg import pseudo_labels
+from udaseg.commands import add_config_arguments
+from udaseg.commands import config_path as chosen_config
 from udaseg.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from udaseg.data.datasets import build_dataset
 from udaseg.data.datasets.base import _header_size
@@ -80,13 +82,11 @@ EXACTNESS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        nargs="?",
-        help="config giving data.target and eval (default: the first checkpoint's config); "
-        "--config CONFIG, the form predict takes, works too",
+    add_config_arguments(
+        parser,
+        required=False,
+        help="config giving data.target and eval (default: the first checkpoint's config)",
     )
-    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides of that config"
     )
@@ -127,17 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    config_path = chosen_config(args)  # may give back an override the positional swallowed
     overrides = list(args.overrides)
-    config_path = args.config
-    if config_path is not None and "=" in config_path:  # `udaseg pseudo-label key=value ...`
-        overrides.insert(0, config_path)
-        config_path = None
-    if args.config_option is not None:
-        if config_path is not None:
-            raise ConfigError(
-                f"two configs ({config_path} and --config {args.config_option}): give one"
-            )
-        config_path = args.config_option
     options = {
         name: getattr(args, name)
         for name in ("percentile", "cap", "threshold", "portion")
