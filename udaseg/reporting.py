@@ -533,7 +533,7 @@ def predict_samples(run: Run, count: int, device: str = "cpu") -> list[dict[str,
 
     from udaseg.data.datasets import build_dataset
     from udaseg.engine.loading import load_for_inference
-    from udaseg.evaluation.inference import predict_logits
+    from udaseg.evaluation.inference import predict_with_protocol
 
     loaded = load_for_inference(str(run.checkpoint), None, None, [], torch.device(device))
     config = loaded.config
@@ -546,15 +546,8 @@ def predict_samples(run: Run, count: int, device: str = "cpu") -> list[dict[str,
             sample = dataset[index]
             label = sample["label"]
             images = sample["image"][None].to(device).float()
-            logits = predict_logits(
-                loaded.method.predict,
-                images,
-                output_size=label.shape[-2:],
-                mode=config.eval.mode,
-                window=config.eval.window,
-                stride=config.eval.stride,
-                flip=config.eval.flip,
-                align_corners=config.eval.align_corners,
+            logits = predict_with_protocol(
+                loaded.method.predict, images, label.shape[-2:], config.eval
             )
             height, width = label.shape[-2:]
             picture = sample["image"].permute(1, 2, 0).numpy()

@@ -258,7 +258,7 @@ def draw_predictions(
 
     from udaseg.data.datasets.base import build_dataset
     from udaseg.engine.loading import default_run_checkpoint, load_for_inference
-    from udaseg.evaluation.inference import predict_logits
+    from udaseg.evaluation.inference import predict_with_protocol
 
     models = [
         load_for_inference(str(default_run_checkpoint(run)), None, None, [], device)
@@ -286,17 +286,8 @@ def draw_predictions(
         for model in models:
             protocol = model.config.eval
             with torch.inference_mode():
-                logits = predict_logits(
-                    model.method.predict,
-                    batch,
-                    output_size=(height, width),
-                    input_size=protocol.input_size,
-                    mode=protocol.mode,
-                    window=protocol.window,
-                    stride=protocol.stride,
-                    flip=protocol.flip,
-                    align_corners=protocol.align_corners,
-                    resize=protocol.resize,
+                logits = predict_with_protocol(
+                    model.method.predict, batch, (height, width), protocol, protocol.input_size
                 )
             row.append(label_space.colorize(logits.argmax(1)[0].cpu().numpy()))
         tiles.append(row)

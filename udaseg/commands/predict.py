@@ -185,21 +185,12 @@ class Predictor:
 
     def train_ids(self, images: torch.Tensor) -> np.ndarray:
         """uint8 [B, 3, H, W] -> uint8 train ids [B, H, W]."""
-        from udaseg.evaluation.inference import predict_logits
+        from udaseg.evaluation.inference import predict_with_protocol
 
         config = self.eval_config
         with torch.no_grad():
-            logits = predict_logits(
-                self.forward,
-                images.to(self.device),
-                output_size=images.shape[-2:],
-                input_size=self.input_size,
-                mode=config.mode,
-                window=config.window,
-                stride=config.stride,
-                flip=config.flip,
-                align_corners=config.align_corners,
-                resize=config.resize,
+            logits = predict_with_protocol(
+                self.forward, images.to(self.device), images.shape[-2:], config, self.input_size
             )
         return logits.argmax(1).to(torch.uint8).cpu().numpy()
 

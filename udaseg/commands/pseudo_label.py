@@ -53,7 +53,7 @@ from udaseg.engine.distributed import DistributedContext, barrier, init_distribu
 from udaseg.engine.faults import maybe_kill
 from udaseg.engine.loading import LoadedModel, load_for_inference
 from udaseg.errors import ConfigError
-from udaseg.evaluation.inference import predict_logits
+from udaseg.evaluation.inference import predict_with_protocol
 from udaseg.files import check_output_folder
 from udaseg.models.weights import sha256_of_file
 
@@ -449,17 +449,9 @@ class _Labeller:
                 captured.append(logits)
                 return logits
 
-            logits = predict_logits(
-                forward,
-                images,
-                output_size=native_size,
-                # With "pil" the dataset has already resized the images to eval.input_size.
-                **self.resize_arguments,
-                mode=self.eval.mode,
-                window=self.eval.window,
-                stride=self.eval.stride,
-                flip=self.eval.flip,
-                align_corners=self.eval.align_corners,
+            # With "pil" the dataset has already resized the images to eval.input_size.
+            logits = predict_with_protocol(
+                forward, images, native_size, self.eval, self.resize_arguments["input_size"]
             )
             probabilities = logits.float().softmax(dim=1)
             total = probabilities if total is None else total + probabilities

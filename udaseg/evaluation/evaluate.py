@@ -10,7 +10,7 @@ import torch
 
 from udaseg.config import EvalConfig
 from udaseg.data.label_spaces import LabelSpace
-from udaseg.evaluation.inference import predict_logits
+from udaseg.evaluation.inference import predict_with_protocol
 from udaseg.evaluation.metrics import ConfusionMatrix, EvaluationResult
 
 
@@ -103,16 +103,7 @@ def evaluate(
             images = images.to(device, non_blocking=True).float()
             labels = labels.to(device, non_blocking=True)
             label_size = list(labels.shape[-2:])
-            logits = predict_logits(
-                predict_fn,
-                images,
-                output_size=labels.shape[-2:],
-                mode=eval_config.mode,
-                window=eval_config.window,
-                stride=eval_config.stride,
-                flip=eval_config.flip,
-                align_corners=eval_config.align_corners,
-            )
+            logits = predict_with_protocol(predict_fn, images, labels.shape[-2:], eval_config)
             matrix.update(logits.argmax(dim=1), labels)
             if bar is not None:
                 bar.update(1)

@@ -207,3 +207,37 @@ def predict_logits(
         # and commutes with a horizontal flip, and this way costs less memory.
         logits = (logits[:batch] + logits[batch:].flip(-1)) / 2
     return resize_logits(logits, _pair(output_size, "output_size"), align_corners)
+
+
+def predict_with_protocol(
+    forward: Forward,
+    images: torch.Tensor,
+    output_size: Sequence[int],
+    eval_config: Any,
+    input_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """`predict_logits` with the mode, window, stride, flip, align_corners and resize of an
+    `eval:` section (config.EvalConfig): evaluation, predict, pseudo-labels, the demo and the
+    report all predict this way, so they see the same numbers.
+
+    Args:
+        images: [B, 3, H, W] RGB 0..255.
+        output_size: (height, width) of the returned logits.
+        eval_config: the `eval:` section.
+        input_size: the size images are resized to first (with `eval_config.resize`); None when
+            they already are (validation datasets resize with PIL, as the original loaders).
+    Returns:
+        float logits [B, C, output_height, output_width].
+    """
+    return predict_logits(
+        forward,
+        images,
+        output_size=output_size,
+        input_size=input_size,
+        mode=eval_config.mode,
+        window=eval_config.window,
+        stride=eval_config.stride,
+        flip=eval_config.flip,
+        align_corners=eval_config.align_corners,
+        resize=eval_config.resize,
+    )
