@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from PIL import Image
 
 from udaseg.cli import main
 from udaseg.data.datasets import build_dataset
+from udaseg.data.datasets.base import resolve_root
 from udaseg.data.io import read_image, read_label, read_png16
 from udaseg.data.label_spaces import CITYSCAPES_LABEL_IDS, GTA5_LABEL_IDS, SYNTHIA_IDS
 from udaseg.data.toy.canvas import (
     BUILDING,
+    MAP_GROUND,
     NUM_INTERNAL_CLASSES,
     ROAD,
     SIDEWALK,
@@ -23,17 +26,19 @@ from udaseg.data.toy.canvas import (
 )
 from udaseg.data.toy.generate import (
     MANIFEST,
+    cache_key,
     dataset_configs,
     ensure_toy,
     generate_toy,
     layout_params,
     render_sample,
 )
+from udaseg.data.toy.lighting import cast_shadow_mask, chromatic_aberration
 from udaseg.data.toy.preview import preview_shape
 from udaseg.data.toy.render import render
 from udaseg.data.toy.scene import build_scene
 from udaseg.data.toy.styles import TargetStyle, source_style
-from udaseg.errors import DataError
+from udaseg.errors import ConfigError, DataError
 
 SIZE = (64, 128)  # small images keep the tests fast; the default size is tested by the CLI
 COUNTS = {"num_source": 6, "num_target": 3, "num_val": 6}
@@ -260,3 +265,125 @@ def test_neutral_target_style_matches_source_look() -> None:
     assert 0 < half.texture_strength < 1 and 1 < half.gamma < TargetStyle().gamma
     style = neutral.domain()
     assert style.texture_strength == 0 and style.palette_shift == 0 and style.noise_std == 0
+
+
+# --- Version 2 ---------------------------------------------------------------------------------
+
+# sha256 (first 16 hex digits) of image + classes + instances bytes of version-1 samples at
+# 64x128, seed 3, recorded with the generator as it was before version 2 existed: version 1
+# must stay byte-identical.
+VERSION1_CHECKSUMS = {
+    ("source", 0): "332d9c6916db80a6",
+    ("source", 7): "fa51e648226f2043",
+    ("target_train", 0): "db7b0ae5a82942b6",
+    ("target_train", 7): "6e8ee5095510cdca",
+    ("target_val", 0): "8bc1b99a676bc548",
+    ("target_val", 7): "105201ff5251cde6",
+}
+
+
+def _sample_digest(*arrays: np.ndarray) -> str:
+    return hashlib.sha256(b"".join(array.tobytes() for array in arrays)).hexdigest()[:16]
+
+
+def test_version1_unchanged() -> None:
+    for (domain, index), digest in VERSION1_CHECKSUMS.items():
+        assert _sample_digest(*render_sample(3, domain, index, SIZE, version=1)) == digest
+    image, classes, _ = render_sample(0, "target_val", 2, SIZE, layout="synthia", version=1)
+    assert _sample_digest(image, classes) == "705b026772eb2f41"
+    # Version 1's cache key (a hash of its knobs) is the one it had before version 2.
+    assert cache_key(0, (128, 256), "gta5", 1500, 1500, 300, TargetStyle()) == "ad15c2a1c23af220"
+
+
+@pytest.fixture(scope="module")
+def version2_toy(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy") / "v2"
+    generate_toy(out, seed=3, size=SIZE, workers=1, version=2, **COUNTS)
+    return out
+
+
+def test_version2_deterministic_in_real_layouts(
+    version2_toy: Path, gta5_toy: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    generate_toy(again, seed=3, size=SIZE, workers=2, version=2, **COUNTS)
+    assert _files(again) == _files(version2_toy)
+    assert json.loads((version2_toy / MANIFEST).read_text())["version"] == 2
+    # The source is version 1's; the target is not.
+    version1, version2 = _files(gta5_toy), _files(version2_toy)
+    assert all(version2[name] == version1[name] for name in version2 if name.startswith("source"))
+    target_images = [name for name in version2 if name.endswith("_leftImg8bit.png")]
+    assert target_images and all(version2[name] != version1[name] for name in target_images)
+    configs = dataset_configs(version2_toy)
+    target = build_dataset(configs["target"], "cityscapes19", "target")
+    val = build_dataset(configs["val"], "cityscapes19", "val")
+    assert len(target) == 3 and target[0]["image"].shape == (3, *SIZE)
+    val_ids = _train_ids(val)
+    assert val_ids <= set(range(19)) | {255} and len(val_ids - {255}) >= 12
+
+
+def _class_means(style_or_source, seeds: range) -> dict[int, float]:
+    """Mean grey level per class over a few scenes rendered in one style."""
+    params = layout_params("source", "gta5", TargetStyle())
+    sums: dict[int, list[float]] = {ROAD: [], SIDEWALK: [], BUILDING: [], SKY: []}
+    for index in seeds:
+        canvas = build_scene(np.random.default_rng([11, index]), params, 256, 512)
+        image, classes, _ = render(canvas, style_or_source, np.random.default_rng(index))
+        for klass, values in sums.items():
+            mask = classes == klass
+            if mask.sum() > 50:
+                values.append(float(image[mask].mean()))
+    return {klass: float(np.mean(values)) for klass, values in sums.items()}
+
+
+def test_version2_shift_is_class_dependent() -> None:
+    """Version 2 moves classes in opposite directions (the road turns lighter than the
+    sidewalk, buildings darker than before), which no per-channel normalisation can undo;
+    version 1 keeps the source's order."""
+    source = _class_means(source_style(), range(4))
+    version1 = _class_means(TargetStyle().domain(), range(4))
+    version2 = _class_means(TargetStyle.version2().domain(), range(4))
+    assert source[ROAD] < source[SIDEWALK] and version1[ROAD] < version1[SIDEWALK]
+    assert version2[ROAD] > version2[SIDEWALK]
+    assert version2[BUILDING] < version1[BUILDING] - 20
+
+
+def test_cast_shadow_mask_follows_the_street() -> None:
+    """On the ground, at any depth, the shadow only grows towards the sun's side; it lies in
+    [0, 1] and covers some of the ground and leaves some lit."""
+    x = np.linspace(-20.0, 20.0, 81, dtype=np.float32)[None, :].repeat(60, axis=0)
+    z = np.linspace(2.0, 120.0, 60, dtype=np.float32)[:, None].repeat(81, axis=1)
+    mapping = np.full(x.shape, MAP_GROUND)
+    for seed in range(5):
+        shadow = cast_shadow_mask(mapping, np.zeros_like(x), x, z, np.random.default_rng(seed))
+        assert shadow.min() >= 0.0 and shadow.max() <= 1.0
+        assert (shadow > 0.99).any() and (shadow < 0.01).any()
+        steps = np.diff(shadow, axis=1)
+        assert (steps >= -1e-6).all() or (steps <= 1e-6).all()
+
+
+def test_chromatic_aberration_shifts_red_and_blue() -> None:
+    image = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    shifted = chromatic_aberration(image, 1)
+    np.testing.assert_array_equal(shifted[:, 1:, 0], image[:, :-1, 0])
+    np.testing.assert_array_equal(shifted[:, 0, 0], image[:, 0, 0])
+    np.testing.assert_array_equal(shifted[:, :-1, 2], image[:, 1:, 2])
+    np.testing.assert_array_equal(shifted[:, -1, 2], image[:, -1, 2])
+    np.testing.assert_array_equal(shifted[:, :, 1], image[:, :, 1])
+
+
+def test_toy_root_versions() -> None:
+    with pytest.raises(ConfigError, match="toy-v9://source"):
+        resolve_root("toy-v9://source")
+    assert resolve_root("/data/gta5") == Path("/data/gta5")
+    with pytest.raises(ConfigError, match="version"):
+        generate_toy("/nonexistent-never-written", version=3)
+
+
+def test_version2_knobs_scale_and_round_trip() -> None:
+    style = TargetStyle.version2()
+    assert TargetStyle.from_dict(style.to_dict()) == style
+    assert "cast_shadows" not in TargetStyle().to_dict()  # version-1 keys unchanged
+    half = style.scaled(0.5)
+    assert 0 < half.cast_shadows < style.cast_shadows
+    assert 1 < half.object_shape["car_height"] < style.object_shape["car_height"]

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         DEFAULT_NUM_VAL,
         DEFAULT_SIZE,
         LAYOUTS,
+        TOY_VERSION,
+        VERSIONS,
     )
 
     parser.add_argument(
@@ -39,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the cache used by `udaseg demo`, reused when complete",
     )
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed (default: 0)")
+    parser.add_argument(
+        "--version",
+        type=int,
+        choices=VERSIONS,
+        default=TOY_VERSION,
+        help="benchmark version: 1 (global appearance shift) or 2 (class-dependent, spatially "
+        f"varying shift; docs/toy-benchmark.md) (default: {TOY_VERSION})",
+    )
     parser.add_argument(
         "--size",
         type=_size,
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = {
         "seed": args.seed,
+        "version": args.version,
         "size": args.size,
         "layout": args.layout,
         "num_source": args.num_source,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,23 +47,33 @@ AUGMENTATION_KEYS = ("resize", "random_scale", "crop", "flip")
 PSEUDO_LABEL_IGNORE = 255
 
 
-# `root: toy://source` reads the embedded toy benchmark (generated once into the cache);
-# `toy-synthia://` is its SYNTHIA-layout variant.
+# `root: toy://source` reads the embedded toy benchmark (generated once into the cache), in
+# its default version; `toy-synthia://` is its SYNTHIA-layout variant, and `toy-v1://`,
+# `toy-v2://`, `toy-synthia-v1://`... name a version explicitly.
 TOY_SCHEMES = {"toy://": "gta5", "toy-synthia://": "synthia"}
+_TOY_ROOT = re.compile(r"^toy(?P<synthia>-synthia)?(?:-v(?P<version>\d+))?://(?P<sub>.*)$")
 
 
 def resolve_root(root: str) -> Path:
-    """A dataset root folder; `toy://<sub>` names a folder of the cached toy benchmark."""
-    for scheme, layout in TOY_SCHEMES.items():
-        if root.startswith(scheme):
-            from udaseg.data.toy import ensure_toy
-            from udaseg.data.toy.progress import GenerationProgress
+    """A dataset root folder; `toy[-synthia][-vN]://<sub>` names a folder of the cached toy
+    benchmark (layout and version as the scheme says)."""
+    match = _TOY_ROOT.match(root)
+    if match is None:
+        return Path(root).expanduser()
+    from udaseg.data.toy import ensure_toy
+    from udaseg.data.toy.generate import TOY_VERSION, VERSIONS
+    from udaseg.data.toy.progress import GenerationProgress
 
-            progress = GenerationProgress(
-                "toy benchmark", "[udaseg] generating the toy benchmark (once; then cached)"
-            )
-            return ensure_toy(layout=layout, progress=progress) / root[len(scheme) :]
-    return Path(root).expanduser()
+    version = int(match["version"]) if match["version"] else TOY_VERSION
+    if version not in VERSIONS:
+        raise ConfigError(
+            f"root {root!r}: the toy benchmark has versions {', '.join(map(str, VERSIONS))}"
+        )
+    layout = "synthia" if match["synthia"] else "gta5"
+    progress = GenerationProgress(
+        "toy benchmark", "[udaseg] generating the toy benchmark (once; then cached)"
+    )
+    return ensure_toy(layout=layout, progress=progress, version=version) / match["sub"]
 
 
 @dataclass

@@ -150,6 +150,9 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.image)
         self.parts = PartTable()
         self._next_instance = 1
+        # Multipliers of object proportions for this domain (version 2's target; see
+        # `scene.SHAPE_FACTORS`); empty = the proportions as drawn.
+        self.shape: dict[str, float] = {}
         # Part 0 fills the image before anything is drawn: the sky.
         self.part(SKY, "sky", face=FACE_EMISSIVE, mapping=MAP_FRONT, plane=2000.0, gradient=0.6)
 

@@ -58,7 +58,22 @@ from udaseg.data.toy.scene import SYNTHIA_EXCLUDED, LayoutParams, build_scene
 from udaseg.data.toy.styles import TargetStyle, source_style
 from udaseg.errors import ConfigError, DataError
 
-TOY_VERSION = 1
+# Version 1: the first benchmark (per-material looks and a global camera response; batch-norm
+# statistics undo half its gap). Version 2 adds a class-dependent, spatially varying shift
+# (`TargetStyle.version2()`, docs/toy-benchmark.md); its source images are version 1's.
+VERSIONS = (1, 2)
+TOY_VERSION = 1  # the version `toy://` roots and make-toy use when none is named
+
+
+def default_target_style(version: int) -> TargetStyle:
+    """The target knobs of a benchmark version."""
+    if version not in VERSIONS:
+        raise ConfigError(
+            f"version: expected one of {', '.join(map(str, VERSIONS))}, got {version}"
+        )
+    return TargetStyle.version2() if version == 2 else TargetStyle()
+
+
 GENERATOR = "udaseg.toy"
 MANIFEST = "toy.json"
 
@@ -144,6 +159,7 @@ def layout_params(domain: str, layout: str, target_style: TargetStyle) -> Layout
         camera_height_shift=target_style.camera_height_shift,
         frequency=target_style.object_frequency,
         ego_vehicle=target_style.ego_vehicle,
+        shape=target_style.object_shape,
     )
 
 
@@ -154,6 +170,7 @@ def render_sample(
     size: tuple[int, int] = DEFAULT_SIZE,
     layout: str = "gta5",
     target_style: TargetStyle | None = None,
+    version: int = TOY_VERSION,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one toy image and its labels, without writing anything.
 
@@ -163,12 +180,13 @@ def render_sample(
         index: the image's index within its domain (0-based).
         size: (height, width) of the output.
         layout: "gta5" or "synthia" (the source domain then has no terrain, truck or train).
-        target_style: the target's knobs (default `TargetStyle()`).
+        target_style: the target's knobs (default: those of `version`).
+        version: the benchmark version (1 or 2), used when `target_style` is not given.
     Returns:
         image uint8 [H, W, 3]; classes uint8 [H, W] (toy-internal ids: train ids 0..18, 19 lane
         marking, 20 ego vehicle); instances int32 [H, W].
     """
-    target_style = target_style or TargetStyle()
+    target_style = target_style or default_target_style(version)
     rng = np.random.default_rng([seed, _DOMAIN_CODES[domain], index])
     height, width = size
     canvas = build_scene(rng, layout_params(domain, layout, target_style), 2 * height, 2 * width)
@@ -293,6 +311,7 @@ def generate_toy(
     workers: int | None = None,
     target_style: TargetStyle | None = None,
     progress: Callable[[int, int], None] | None = None,
+    version: int = TOY_VERSION,
 ) -> dict:
     """Write the toy benchmark into `out_dir` and return its manifest.
 
@@ -308,8 +327,9 @@ def generate_toy(
         layout: "gta5" (source in the GTA5 layout) or "synthia" (SYNTHIA layout, 16-bit labels).
         num_source, num_target, num_val: images in source, target train and target val.
         workers: processes (default: up to 2, fewer for small benchmarks); 1 = in-process.
-        target_style: the target domain's knobs (default `TargetStyle()`).
+        target_style: the target domain's knobs (default: those of `version`).
         progress: called with (images done, images total) after each chunk.
+        version: the benchmark version, 1 or 2 (`VERSIONS`).
     Returns:
         the manifest written to `out_dir/toy.json`.
     Raises:
@@ -317,7 +337,7 @@ def generate_toy(
         ConfigError: an argument is out of range.
     """
     out_dir = Path(out_dir).expanduser()
-    target_style = target_style or TargetStyle()
+    target_style = target_style or default_target_style(version)
     size = (int(size[0]), int(size[1]))
     counts = {"source": num_source, "target_train": num_target, "target_val": num_val}
     _check_arguments(size, layout, counts)
@@ -379,7 +399,7 @@ def generate_toy(
                 (staging / directory).mkdir(exist_ok=True)
         manifest = {
             "generator": GENERATOR,
-            "version": TOY_VERSION,
+            "version": version,
             "seed": seed,
             "size": list(size),
             "layout": layout,
@@ -434,10 +454,11 @@ def cache_key(
     num_target: int,
     num_val: int,
     target_style: TargetStyle,
+    version: int = TOY_VERSION,
 ) -> str:
     """A short hash of everything that determines the benchmark's files."""
     arguments = {
-        "version": TOY_VERSION,
+        "version": version,
         "seed": seed,
         "size": [int(size[0]), int(size[1])],
         "layout": layout,
@@ -459,6 +480,7 @@ def ensure_toy(
     workers: int | None = None,
     target_style: TargetStyle | None = None,
     progress: Callable[[int, int], None] | None = None,
+    version: int = TOY_VERSION,
 ) -> Path:
     """The directory of a complete toy benchmark with these arguments, generated if missing.
 
@@ -471,9 +493,9 @@ def ensure_toy(
         the benchmark directory (with `toy.json`, `source/`, `target/`); pass it to
         `dataset_configs` for the dataset sections.
     """
-    target_style = target_style or TargetStyle()
+    target_style = target_style or default_target_style(version)
     base = (Path(root).expanduser() if root is not None else cache_root()) / "toy"
-    key = cache_key(seed, size, layout, num_source, num_target, num_val, target_style)
+    key = cache_key(seed, size, layout, num_source, num_target, num_val, target_style, version)
     final = base / key
     if _is_toy_directory(final):
         return final
@@ -491,6 +513,7 @@ def ensure_toy(
             workers=workers,
             target_style=target_style,
             progress=progress,
+            version=version,
         )
         manifest_path = partial / MANIFEST
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -142,13 +142,19 @@ def _side_wheels(
             canvas.polygon_world(part, circle)
 
 
+def _shape(canvas: Canvas, name: str) -> float:
+    """The domain's multiplier of one object proportion (`scene.SHAPE_FACTORS`; 1 = as drawn
+    in the source and in version 1's target)."""
+    return canvas.shape.get(name, 1.0)
+
+
 def draw_car(canvas: Canvas, x: float, z: float, direction: int, instance: int) -> None:
     """A car whose nearest face is at depth z: seen from behind (direction +1), from the
     front (-1) or from the side when crossing (0, then x is its centre along X)."""
     rng = canvas.rng
-    width, length = rng.uniform(1.65, 1.95), rng.uniform(3.8, 4.9)
-    clearance, body_height = 0.25, rng.uniform(0.55, 0.75)
-    cabin_height = rng.uniform(0.42, 0.62)
+    width, length = rng.uniform(1.65, 1.95), rng.uniform(3.8, 4.9) * _shape(canvas, "car_length")
+    clearance, body_height = 0.25, rng.uniform(0.55, 0.75) * _shape(canvas, "car_height")
+    cabin_height = rng.uniform(0.42, 0.62) * _shape(canvas, "car_height")
     paint = canvas.tone()
     glass = canvas.tone()
     y_body = clearance + body_height
@@ -265,9 +271,11 @@ def draw_large_vehicle(
     rng = canvas.rng
     if klass == TRUCK:
         width, length, height, floor = 2.45, rng.uniform(6.5, 10.0), rng.uniform(3.2, 3.9), 0.9
+        length *= _shape(canvas, "truck_length")
         material = "truck_body"
     elif klass == BUS:
         width, length, height, floor = 2.5, rng.uniform(10.5, 12.5), rng.uniform(2.9, 3.3), 0.3
+        height *= _shape(canvas, "bus_height")
         material = "bus_paint"
     else:
         width, length, height, floor = 2.6, rng.uniform(22.0, 32.0), rng.uniform(3.3, 3.6), 0.35
@@ -388,13 +396,13 @@ def _person(
     Proportions follow the usual 7.5 heads; `phase` in [-1, 1] is the walking stride.
     """
     rng = canvas.rng
-    H = height * scale
+    H = height * scale * _shape(canvas, "person_height")
     skin = canvas.part(klass, "skin", instance=instance, mapping=MAP_FRONT, plane=depth)
     top = canvas.part(klass, "cloth_top", instance=instance, mapping=MAP_FRONT, plane=depth)
     bottom = canvas.part(klass, "cloth_bottom", instance=instance, mapping=MAP_FRONT, plane=depth)
     hair = canvas.part(klass, "hair", instance=instance, mapping=MAP_FRONT, plane=depth)
-    shoulder = 0.11 if not side_view else 0.065
-    hip = 0.09 if not side_view else 0.065
+    shoulder = (0.11 if not side_view else 0.065) * _shape(canvas, "person_width")
+    hip = (0.09 if not side_view else 0.065) * _shape(canvas, "person_width")
     if seated:
         # Seated: the hips are at (u, v); legs hang down towards the pedals.
         hip_v = v

@@ -10,9 +10,11 @@ nearest neighbour, so no label value is ever a blend of two classes.
 
 from __future__ import annotations
 
+import io
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 from udaseg.data.toy.canvas import (
     FACE_BOTTOM,
@@ -29,6 +31,13 @@ from udaseg.data.toy.canvas import (
     SKY,
     Camera,
     Canvas,
+)
+from udaseg.data.toy.lighting import (
+    apply_cast_shadows,
+    apply_specular_road,
+    apply_wet_road,
+    cast_shadow_mask,
+    chromatic_aberration,
 )
 from udaseg.data.toy.styles import (
     MATERIAL,
@@ -85,7 +94,7 @@ def _part_colours(
     parts: dict[str, np.ndarray], style: DomainStyle, rng: np.random.Generator
 ) -> np.ndarray:
     """Colour [P, 3] of every part: palette, per-instance jitter and face shading."""
-    tables = material_tables()
+    tables = material_tables(style.material_set)
     material = parts["material"].astype(np.int64)
     tone = parts["tone"]
     colours = _palette_colours(tables, material, tone, style.palette_shift)
@@ -159,7 +168,7 @@ def _texture_detail(
         pixels_per_metre: image pixels per metre at 1 m depth (the focal length), which with
             the depth picks each sample's texture level of detail.
     """
-    tables = material_tables()
+    tables = material_tables(style.material_set)
     bank = texture_bank()
     levels, count = bank.shape[:2]
     bank = bank.reshape(-1)
@@ -211,7 +220,7 @@ def _texture_detail(
 
 def _window_colours(parts: dict[str, np.ndarray], style: DomainStyle) -> np.ndarray:
     """Glass colour [P, 3] for every part (used where a part has a window grid)."""
-    tables = material_tables()
+    tables = material_tables(style.material_set)
     glass = np.full(len(parts["material"]), MATERIAL["window_glass"], dtype=np.int64)
     # Other tone numbers than the wall's, so window and wall colours vary independently.
     tone = np.roll(parts["tone"], 2, axis=1)
@@ -260,6 +269,33 @@ def _apply_patterns(
     flat_image[where[gap]] *= np.float32(0.5)
 
 
+def _street_light(
+    image: np.ndarray,
+    nearest: np.ndarray,
+    parts: dict[str, np.ndarray],
+    tu: np.ndarray,
+    tv: np.ndarray,
+    v: np.ndarray,
+    camera: Camera,
+    colours: np.ndarray,
+    style: DomainStyle,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Version 2's spatially varying light (`lighting.py`) on the output-size image."""
+    klass = parts["klass"][nearest]
+    mapping = parts["mapping"][nearest]
+    if style.cast_shadows > 0:
+        shadow = cast_shadow_mask(mapping, parts["plane"][nearest], tu, tv, rng)
+        image = apply_cast_shadows(image, shadow, klass, style.cast_shadows)
+    if style.wet_road > 0:
+        image = apply_wet_road(image, mapping, klass, tu, tv, colours[0], style.wet_road, rng)
+    if style.specular_road > 0:
+        image = apply_specular_road(
+            image, mapping, klass, v, camera.horizon_v, camera.height, style.specular_road
+        )
+    return image.astype(np.float32)
+
+
 def _box_downsample(image: np.ndarray) -> np.ndarray:
     """Average 2x2 blocks: [2H, 2W, C] -> [H, W, C]."""
     return 0.25 * (image[0::2, 0::2] + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2])
@@ -303,6 +339,8 @@ def _camera_response(image: np.ndarray, style: DomainStyle, rng: np.random.Gener
         u = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
         image = image * (1.0 - 0.5 * style.vignetting * (u * u + v * v))[:, :, None]
     image = np.clip(image, 0.0, 255.0)
+    if style.chromatic_aberration > 0:
+        image = chromatic_aberration(image, style.chromatic_aberration)
     if style.gamma != 1.0:
         # A lookup table at quarter-level steps instead of a per-pixel power (much faster).
         levels = np.arange(1021, dtype=np.float32) / 4.0
@@ -313,7 +351,14 @@ def _camera_response(image: np.ndarray, style: DomainStyle, rng: np.random.Gener
     if style.noise_std > 0:
         noise = rng.standard_normal(image.shape, dtype=np.float32)
         image = image + np.float32(style.noise_std) * noise
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if style.jpeg_quality > 0:
+        # A JPEG round trip: the blocking and ringing of a compressed camera stream.
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=style.jpeg_quality)
+        with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+            image = np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
+    return image
 
 
 def render(
@@ -349,6 +394,8 @@ def render(
     # Vertical gradients (the sky darkens away from the horizon).
     offset = (v - np.float32(canvas.camera.horizon_v)) / np.float32(2 * height)
     image *= (1.0 + gradient * offset)[:, :, None]
+    if style.cast_shadows > 0 or style.wet_road > 0 or style.specular_road > 0:
+        image = _street_light(image, nearest, parts, tu, tv, v, canvas.camera, colours, style, rng)
     # Aerial perspective: far surfaces fade into the sky's colour (part 0 is the sky).
     fog = fogged * (1.0 - np.exp(-depth / np.float32(style.fog_distance)))
     haze = colours[0] if parts["klass"][0] == SKY else image.mean((0, 1))

@@ -98,6 +98,7 @@ class LayoutParams:
         rates: expected object counts / probabilities, see `DEFAULT_RATES`.
         excluded: classes that must not appear (SYNTHIA has no terrain, truck or train).
         ego_vehicle: height of the ego-vehicle hood as a fraction of the image height (0: none).
+        shape: multipliers of object proportions (`SHAPE_FACTORS`); empty = as drawn.
     """
 
     horizon: float = 0.44
@@ -107,6 +108,7 @@ class LayoutParams:
     rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
     excluded: frozenset[int] = frozenset()
     ego_vehicle: float = 0.0
+    shape: dict[str, float] = field(default_factory=dict)
 
     def rate(self, name: str) -> float:
         """The expected count or probability `name` (see `DEFAULT_RATES`)."""
@@ -118,6 +120,7 @@ class LayoutParams:
         camera_height_shift: float = 0.0,
         frequency: dict[str, float] | None = None,
         ego_vehicle: float | None = None,
+        shape: dict[str, float] | None = None,
     ) -> LayoutParams:
         """A shifted copy (the target domain's mild layout shift)."""
         rates = dict(self.rates)
@@ -134,10 +137,29 @@ class LayoutParams:
             camera_height=(low + camera_height_shift, high + camera_height_shift),
             rates=rates,
             ego_vehicle=self.ego_vehicle if ego_vehicle is None else ego_vehicle,
+            shape=dict(self.shape) if shape is None else _checked_shape(shape),
         )
 
 
 SYNTHIA_EXCLUDED = frozenset({TERRAIN, TRUCK, TRAIN})
+
+# Object proportions a domain may change (multipliers; version 2's target: boxier, shorter cars,
+# taller and slimmer people, taller buses, shorter trucks).
+SHAPE_FACTORS = (
+    "car_height",
+    "car_length",
+    "person_height",
+    "person_width",
+    "bus_height",
+    "truck_length",
+)
+
+
+def _checked_shape(shape: dict[str, float]) -> dict[str, float]:
+    for name in shape:
+        if name not in SHAPE_FACTORS:
+            raise ValueError(f"unknown object shape {name!r}; known: {list(SHAPE_FACTORS)}")
+    return dict(shape)
 
 
 # --- The street -------------------------------------------------------------------------------
@@ -295,6 +317,7 @@ def build_scene(rng: np.random.Generator, params: LayoutParams, height: int, wid
     """Draw one random street scene into a part map of [height, width] render pixels."""
     camera = make_camera(rng, params, height, width)
     canvas = Canvas(camera, rng)
+    canvas.shape = dict(params.shape)
     street = sample_street(rng, params)
     _draw_skyline(canvas, street)
     _draw_ground(canvas, street)

@@ -310,6 +310,59 @@ TARGET_TEXTURES: dict[str, tuple[str, float, float]] = {
     "ego_hood": ("moon", 30.0, 0.10),
 }
 
+# Version 2 of the target (`udaseg make-toy --version 2`) re-materialises the street class by
+# class, the way a real city differs from a game's: the road is pale worn concrete-grey asphalt
+# with cracks (darker than the sidewalk in the source, lighter in the target), sidewalks are dark
+# red-brown pavers, buildings dark brick and soot-grey with bright sky-reflecting windows (light
+# walls with dark windows in the source), the terrain is dry brown earth, the vegetation autumnal,
+# poles painted dark green, buses cream and teal. Each class moves in its own direction, so no
+# per-channel normalisation (batch-norm statistics, a colour transfer) can map the target back
+# onto the source. Materials not listed keep the version-1 target look.
+TARGET_PALETTE_V2: dict[str, tuple[Colour, ...]] = {
+    "asphalt": ((150, 150, 146), (162, 160, 152), (140, 142, 140), (172, 168, 158)),
+    "lane_paint": ((226, 226, 220), (222, 214, 170)),
+    "curb": ((112, 108, 104), (96, 94, 92)),
+    "pavement": ((112, 78, 66), (96, 84, 78), (124, 92, 72), (84, 76, 74)),
+    "grass": ((138, 112, 76), (120, 98, 70), (156, 130, 88), (110, 104, 72)),
+    "foliage": ((148, 96, 40), (172, 132, 52), (96, 84, 40), (60, 76, 40), (130, 60, 36)),
+    "bark": ((52, 46, 42), (66, 60, 54)),
+    "facade": (
+        (92, 62, 54),
+        (78, 76, 78),
+        (104, 96, 88),
+        (66, 62, 64),
+        (118, 74, 60),
+        (86, 88, 94),
+    ),
+    "window_glass": ((186, 196, 206), (168, 178, 190), (204, 210, 214), (150, 162, 176)),
+    "wall_stone": ((186, 184, 176), (172, 170, 164), (196, 190, 178)),
+    "fence": ((60, 72, 62), (150, 152, 150), (52, 52, 56)),
+    "metal": ((46, 70, 56), (58, 84, 66), (60, 62, 66)),
+    "car_paint": (
+        (196, 198, 200),
+        (226, 226, 226),
+        (36, 38, 42),
+        (92, 100, 116),
+        (146, 148, 150),
+        (120, 108, 92),
+    ),
+    "bus_paint": ((218, 206, 168), (60, 138, 138), (226, 226, 218)),
+    "truck_body": ((182, 182, 176), (118, 122, 112), (72, 92, 120)),
+    "cloth_top": ((38, 38, 44), (64, 70, 84), (140, 120, 96), (96, 40, 40), (180, 178, 170)),
+    "sky": ((222, 226, 230), (206, 212, 220), (232, 234, 236), (190, 198, 210)),
+}
+TARGET_TEXTURES_V2: dict[str, tuple[str, float, float]] = {
+    "asphalt": ("moon", 60.0, 0.30),
+    "pavement": ("brick", 90.0, 0.45),
+    "grass": ("gravel", 50.0, 0.45),
+    "foliage": ("fur", 40.0, 0.55),
+    "facade": ("brick", 40.0, 0.45),
+    "wall_stone": ("moon", 40.0, 0.25),
+    "metal": ("wood", 60.0, 0.15),
+    "car_paint": ("moon", 20.0, 0.04),
+}
+MATERIAL_SETS: tuple[str, ...] = ("v1", "v2")
+
 
 @dataclass(frozen=True)
 class DomainStyle:
@@ -329,6 +382,13 @@ class DomainStyle:
         noise_std: sensor noise standard deviation in 0..255 units.
         image_jitter: per-image brightness/cast jitter (relative, uniform +-).
         vignetting: darkening of the corners (0 = none).
+        material_set: "v1" or "v2": which target palette and textures `palette_shift` and
+            `texture_strength` blend towards.
+        cast_shadows: darkness of the shadows that buildings cast across the street (0 = none).
+        wet_road: probability that an image has wet patches on the road mirroring the sky.
+        specular_road: brightening of the road towards the horizon (grazing sun glare; 0 = none).
+        chromatic_aberration: red and blue shifted by this many pixels in opposite directions.
+        jpeg_quality: JPEG round trip at this quality (0 = none): compression artefacts.
     """
 
     name: str
@@ -345,6 +405,12 @@ class DomainStyle:
     noise_std: float = 0.0
     image_jitter: float = 0.05
     vignetting: float = 0.0
+    material_set: str = "v1"
+    cast_shadows: float = 0.0
+    wet_road: float = 0.0
+    specular_road: float = 0.0
+    chromatic_aberration: int = 0
+    jpeg_quality: int = 0
 
 
 def source_style() -> DomainStyle:
@@ -381,6 +447,13 @@ class TargetStyle:
             as Cityscapes' German city centres compared with GTA5's Los Santos.
         ego_vehicle: height of the ego-vehicle hood at the bottom of the image as a fraction
             of the height, labelled "ego vehicle" (void) as in Cityscapes [0]; default 0.05.
+    Version 2 only (`TargetStyle.version2()`; at their neutral values in version 1, and then
+    left out of `to_dict`, so version 1's cache key and files are unchanged):
+        material_set: "v1" or "v2" (class-by-class re-materialisation, `TARGET_PALETTE_V2`).
+        cast_shadows, wet_road, specular_road: spatially varying light [0] (see DomainStyle).
+        chromatic_aberration: pixels [0]; jpeg_quality: [0 = none].
+        object_shape: multipliers of object proportions [none], e.g. {"car_height": 1.2}; see
+            `scene.SHAPE_FACTORS`.
     """
 
     texture_strength: float = 1.0
@@ -409,6 +482,50 @@ class TargetStyle:
         }
     )
     ego_vehicle: float = 0.05
+    material_set: str = "v1"
+    cast_shadows: float = 0.0
+    wet_road: float = 0.0
+    specular_road: float = 0.0
+    chromatic_aberration: int = 0
+    jpeg_quality: int = 0
+    object_shape: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def version2(cls) -> TargetStyle:
+        """The version-2 target: version 1's camera plus a shift that is class-dependent
+        (materials re-chosen class by class), spatially varying (cast shadows, wet and glaring
+        road), in object appearance (proportions) and layout (class frequencies), and in the
+        sensor (chromatic aberration, JPEG). docs/toy-benchmark.md describes it."""
+        return cls(
+            palette_shift=1.0,
+            object_frequency={
+                "persons": 2.2,
+                "riders": 1.6,
+                "bicycles": 2.5,
+                "motorcycles": 0.6,
+                "cars": 0.8,
+                "parked_cars": 1.5,
+                "trucks": 0.35,
+                "buses": 0.6,
+                "trees": 1.6,
+                "terrain": 0.6,
+                "signs": 1.4,
+            },
+            material_set="v2",
+            cast_shadows=0.6,
+            wet_road=0.4,
+            specular_road=0.35,
+            chromatic_aberration=1,
+            jpeg_quality=60,
+            object_shape={
+                "car_height": 1.2,
+                "car_length": 0.85,
+                "person_height": 1.08,
+                "person_width": 0.8,
+                "bus_height": 1.15,
+                "truck_length": 0.8,
+            },
+        )
 
     @classmethod
     def neutral(cls) -> TargetStyle:
@@ -459,6 +576,15 @@ class TargetStyle:
                 name: multiplier**amount for name, multiplier in self.object_frequency.items()
             },
             ego_vehicle=blend("ego_vehicle", 0.0, 0.3),
+            material_set=self.material_set,
+            cast_shadows=blend("cast_shadows", 0.0, 0.95),
+            wet_road=blend("wet_road", 0.0, 1.0),
+            specular_road=blend("specular_road"),
+            chromatic_aberration=round(blend("chromatic_aberration", 0.0, 4.0)),
+            jpeg_quality=self.jpeg_quality,
+            object_shape={
+                name: multiplier**amount for name, multiplier in self.object_shape.items()
+            },
         )
 
     def domain(self) -> DomainStyle:
@@ -475,6 +601,12 @@ class TargetStyle:
             blur_sigma=self.blur_sigma,
             noise_std=self.noise_std,
             vignetting=self.vignetting,
+            material_set=self.material_set,
+            cast_shadows=self.cast_shadows,
+            wet_road=self.wet_road,
+            specular_road=self.specular_road,
+            chromatic_aberration=self.chromatic_aberration,
+            jpeg_quality=self.jpeg_quality,
         )
 
     def to_dict(self) -> dict:
@@ -482,6 +614,12 @@ class TargetStyle:
         values = asdict(self)
         values["colour_cast"] = list(self.colour_cast)
         values["object_frequency"] = dict(sorted(self.object_frequency.items()))
+        values["object_shape"] = dict(sorted(self.object_shape.items()))
+        # Version-2 knobs at their neutral value are left out: version 1's manifests and cache
+        # keys (hashes of this dict) stay what they were before version 2 existed.
+        for name, neutral in _VERSION2_NEUTRAL.items():
+            if values[name] == neutral:
+                del values[name]
         return values
 
     @classmethod
@@ -491,6 +629,17 @@ class TargetStyle:
         if "colour_cast" in values:
             values["colour_cast"] = tuple(values["colour_cast"])
         return cls(**values)
+
+
+_VERSION2_NEUTRAL: dict[str, object] = {
+    "material_set": "v1",
+    "cast_shadows": 0.0,
+    "wet_road": 0.0,
+    "specular_road": 0.0,
+    "chromatic_aberration": 0,
+    "jpeg_quality": 0,
+    "object_shape": {},
+}
 
 
 # --- Tables consumed by the renderer --------------------------------------------------------
@@ -545,15 +694,23 @@ def _texture_arrays(
     return ids, scales, strengths
 
 
-@lru_cache(maxsize=1)
-def material_tables() -> MaterialTables:
-    """The palettes and texture assignments as arrays (computed once per process)."""
+@lru_cache(maxsize=2)
+def material_tables(material_set: str = "v1") -> MaterialTables:
+    """The palettes and texture assignments as arrays (computed once per process and set);
+    `material_set` "v2" takes the target's materials from `TARGET_PALETTE_V2` and
+    `TARGET_TEXTURES_V2` where they list them."""
     assert set(SOURCE_PALETTE) == set(TARGET_PALETTE) == set(MATERIAL_NAMES)
     assert set(SOURCE_TEXTURES) == set(TARGET_TEXTURES) == set(MATERIAL_NAMES)
+    if material_set not in MATERIAL_SETS:
+        raise ValueError(f"material_set: expected one of {MATERIAL_SETS}, got {material_set!r}")
+    target_palette, target_textures = dict(TARGET_PALETTE), dict(TARGET_TEXTURES)
+    if material_set == "v2":
+        target_palette.update(TARGET_PALETTE_V2)
+        target_textures.update(TARGET_TEXTURES_V2)
     source_colours, source_count = _palette_array(SOURCE_PALETTE)
-    target_colours, target_count = _palette_array(TARGET_PALETTE)
+    target_colours, target_count = _palette_array(target_palette)
     source_texture, source_scale, source_strength = _texture_arrays(SOURCE_TEXTURES)
-    target_texture, target_scale, target_strength = _texture_arrays(TARGET_TEXTURES)
+    target_texture, target_scale, target_strength = _texture_arrays(target_textures)
     return MaterialTables(
         source_colours,
         source_count,
