@@ -10,6 +10,8 @@ of the logarithm (log2(p) / log2(C) == ln(p) / ln(C)); the unnormalised map is i
 - `entropy_map(p)`: its sum over channels, the normalised entropy of each pixel, [B, H, W].
 - `entropy_loss(p)`: the mean of that map over batch and pixels; MinEnt's loss, equal to ADVENT's
   -sum(p * log2 p) / (n * h * w * log2 C).
+- `charbonnier_entropy_loss(p, eta, epsilon)`: FDA's robust entropy, the pixel mean of
+  (normalised entropy^2 + epsilon)^eta (REFERENCE §3.5).
 
 The inputs are probabilities (softmax outputs). The computations run in float32: under
 autocast the softmax of a bf16 network may arrive in reduced precision, and p * log2(p) of tiny
@@ -82,3 +84,26 @@ def entropy_loss(probabilities: torch.Tensor) -> torch.Tensor:
         float32 scalar in [0, 1].
     """
     return entropy_map(probabilities, normalize=True).mean()
+
+
+def charbonnier_entropy_loss(
+    probabilities: torch.Tensor, eta: float = 2.0, epsilon: float = 1e-8
+) -> torch.Tensor:
+    """FDA's robust entropy: the Charbonnier penalty of the normalised entropy, pixel mean.
+
+    YanchaoYang/FDA:model/deeplab.py computes, at the network's output resolution (before any
+    upsampling), ent = -sum_c p_c ln p_c / ln(19), then (ent^2 + 1e-8)^ita averaged over the
+    batch and the pixels, with ita = 2.0 (REFERENCE §3.5). The code divides by the constant
+    2.9444 = ln 19; here it is ln C, the same for 19 classes. With eta > 0.5 the penalty flattens
+    near zero entropy, so confident pixels pull less than uncertain ones.
+
+    Args:
+        probabilities: [B, C, h, w], softmax over C (FDA: of the logits at output resolution).
+        eta: the exponent (`--ita`).
+        epsilon: added to the squared entropy (the code's 1e-8).
+    Returns:
+        float32 scalar: mean over B, h, w of (entropy^2 + epsilon)^eta, entropy in [0, 1].
+    """
+    # entropy_map's log2 / log2(C) normalisation equals FDA's ln / ln(C).
+    normalized_entropy = entropy_map(probabilities, normalize=True)
+    return ((normalized_entropy**2 + epsilon) ** eta).mean()
