@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "HTML report of runs: per-class IoU over seeds, curves, samples"),
     "sweep": ("sweep", "train a config over seeds (resumable): mean ± std table and report"),
     "export": ("export", "export a checkpoint's network to ONNX (normalisation inside)"),
+    "translate": ("translate", "write the source set translated (FDA or a BDL F), resumable"),
+    "retrieve": ("retrieve", "nearest gallery images by pooled features; cross-domain rate"),
 }
 
 

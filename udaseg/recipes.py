@@ -17,17 +17,27 @@ A recipe is a YAML file with a list of named stages, run in order into one recip
           init.segmentor: ${stages.source_only.checkpoint}
           data.target.pseudo_labels: ${stages.labels.dir}
 
+      - name: translated                     # as `udaseg translate` (docs/translate.md)
+        translate:
+          config: toy/source_only.yaml       # whose data.source is translated
+          mode: generator                    # or fda (with beta, window, seed)
+          generator: ${stages.translation.checkpoint}
+
 References `${stages.<name>.<output>}` name an earlier stage's outputs: a `train` stage gives
-`checkpoint` (its final `last.pt`) and `run_dir`; a `pseudo_label` stage gives `dir`. `${dir}`
+`checkpoint` (its final `last.pt`) and `run_dir`; a `pseudo_label` or `translate` stage gives
+`dir` (a translated source set: `data.source.root: ${stages.translated.dir}`). `${dir}`
 is the recipe directory. A reference to a stage that does not exist, or comes later, or to an
 output the stage does not have, is refused when the recipe is read, before anything runs.
 
 Each stage writes into `<dir>/<name>`; a train stage's `run_dir` is set there whatever its config
 says. `key=value` overrides given to the command apply to every stage's config (`seed=1`,
-`data.target.root=...`). When a stage ends, `<dir>/stages/<name>.json` records its outputs and
-resolved settings: a finished stage is skipped when the recipe runs again. A stage interrupted
-anywhere (even by SIGKILL) is resumed: training from its last checkpoint (exact resume), pseudo
-labelling from the images already written. So running the same command again after a kill gives
+`data.target.root=...`) and win over a stage's `set:`, except for the `set:` entries that hold a
+`${stages...}` reference: those wire the stages together, so `data.source.root=/data/GTA5` on
+the command line reaches the stages that read GTA5 but not those that train on its translation.
+When a stage ends, `<dir>/stages/<name>.json` records its outputs and resolved settings: a
+finished stage is skipped when the recipe runs again. A stage interrupted anywhere (even by
+SIGKILL) is resumed: training from its last checkpoint (exact resume), pseudo labelling and
+translation from the images already written. So running the same command again after a kill gives
 the same checkpoints and labels as an uninterrupted run. `--from STAGE` redoes that stage and
 every later one; their earlier outputs are moved aside (`<name>.previous-N`), never deleted.
 """
@@ -49,9 +59,35 @@ from udaseg.engine import faults
 from udaseg.errors import ConfigError
 from udaseg.evaluation.report import write_json
 
-STAGE_KINDS = ("train", "pseudo_label")
-STAGE_OUTPUTS = {"train": ("checkpoint", "run_dir"), "pseudo_label": ("dir",)}
-PSEUDO_LABEL_KEYS = ("config", "checkpoints", "policy", "options", "save_soft", "set")
+STAGE_KINDS = ("train", "pseudo_label", "translate")
+STAGE_OUTPUTS = {
+    "train": ("checkpoint", "run_dir"),
+    "pseudo_label": ("dir",),
+    "translate": ("dir",),
+}
+PSEUDO_LABEL_KEYS = (
+    "config",
+    "checkpoints",
+    "policy",
+    "options",
+    "save_soft",
+    "set",
+    "spatial_prior",
+)
+# `udaseg translate`'s options (udaseg/commands/translate.py), `set` its config's overrides.
+TRANSLATE_KEYS = (
+    "config",
+    "mode",
+    "beta",
+    "window",
+    "target_folder",
+    "seed",
+    "generator",
+    "direction",
+    "input_size",
+    "labels",
+    "set",
+)
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -60,8 +96,8 @@ class Stage:
     """One stage of a recipe, as read from the file (references not yet substituted)."""
 
     name: str
-    kind: str  # "train" or "pseudo_label"
-    spec: Any  # train: the config path; pseudo_label: its mapping
+    kind: str  # "train", "pseudo_label" or "translate"
+    spec: Any  # train: the config path; pseudo_label, translate: its mapping
     overrides: dict[str, Any] = field(default_factory=dict)  # `set:` of a train stage
 
 
@@ -145,7 +181,29 @@ def _read_stage(path: Path, index: int, entry: Any) -> Stage:
                 raise ConfigError(f"{where}: pseudo_label.{key} is required")
         if not isinstance(spec["checkpoints"], list) or not spec["checkpoints"]:
             raise ConfigError(f"{where}: pseudo_label.checkpoints must be a non-empty list")
+    if kind == "translate":
+        _check_translate_spec(where, spec)
     return Stage(name=name, kind=kind, spec=spec, overrides=overrides)
+
+
+def _check_translate_spec(where: str, spec: Any) -> None:
+    from udaseg.commands.translate import MODES
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: `translate` takes a mapping")
+    unknown = [key for key in spec if key not in TRANSLATE_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: translate.{unknown[0]}: unknown key; valid keys: {', '.join(TRANSLATE_KEYS)}"
+        )
+    if spec.get("mode") not in MODES:
+        raise ConfigError(f"{where}: translate.mode must be one of {', '.join(MODES)}")
+    required = {"fda": ("config", "beta"), "generator": ("generator",)}[spec["mode"]]
+    for key in required:
+        if key not in spec:
+            raise ConfigError(f"{where}: translate.{key} is required with mode {spec['mode']}")
+    if not isinstance(spec.get("set") or {}, dict):
+        raise ConfigError(f"{where}: translate.set must map dotted keys to values")
 
 
 def _references(value: Any) -> list[str]:
@@ -257,6 +315,8 @@ def run_recipe(
         started = time.time()
         if stage.kind == "train":
             stage_outputs, miou = _run_train(settings, stage_dir, device)
+        elif stage.kind == "translate":
+            stage_outputs, miou = _run_translate(settings, stage_dir, device), None
         else:
             stage_outputs, miou = _run_pseudo_label(settings, stage_dir, device), None
         outputs[stage.name] = stage_outputs
@@ -278,16 +338,19 @@ def _stage_settings(
     """What a stage runs with, references substituted: compared with a finished stage's."""
     spec = _substitute(stage.spec, outputs, directory)
     if stage.kind == "train":
-        stage_overrides = [
-            f"{key}={_yaml_value(value)}"
-            for key, value in _substitute(stage.overrides, outputs, directory).items()
-        ]
         run_dir = str(directory / stage.name)
-        return {"config": spec, "overrides": [*stage_overrides, *overrides, f"run_dir={run_dir}"]}
+        ordered = _ordered_overrides(stage.overrides, outputs, directory, overrides)
+        return {"config": spec, "overrides": [*ordered, f"run_dir={run_dir}"]}
+    if stage.kind == "translate":
+        settings = {key: spec.get(key) for key in TRANSLATE_KEYS if key != "set"}
+        settings["overrides"] = _ordered_overrides(
+            stage.spec.get("set") or {}, outputs, directory, overrides
+        )
+        return settings
     stage_overrides = [
         f"{key}={_yaml_value(value)}" for key, value in (spec.get("set") or {}).items()
     ]
-    return {
+    settings = {
         "config": spec.get("config"),
         "checkpoints": [str(item) for item in spec["checkpoints"]],
         "policy": spec["policy"],
@@ -295,6 +358,28 @@ def _stage_settings(
         "save_soft": bool(spec.get("save_soft", False)),
         "overrides": [*stage_overrides, *overrides],
     }
+    if spec.get("spatial_prior") is not None:
+        # Only when given: finished stages recorded without the key still match.
+        settings["spatial_prior"] = str(spec["spatial_prior"])
+    return settings
+
+
+def _ordered_overrides(
+    stage_set: dict[str, Any],
+    outputs: dict[str, dict[str, str]],
+    directory: Path,
+    overrides: list[str],
+) -> list[str]:
+    """A stage's `set:`, then the command's overrides (later ones win); a `set:` entry that
+    references an earlier stage and whose key the command also sets comes last, so that the
+    command cannot undo how the stages are wired."""
+    commanded = {override.partition("=")[0].strip() for override in overrides}
+    first, last = [], []
+    for key, value in stage_set.items():
+        text = f"{key}={_yaml_value(_substitute(value, outputs, directory))}"
+        wired = any(reference != "dir" for reference in _references(value))
+        (last if wired and key in commanded else first).append(text)
+    return [*first, *overrides, *last]
 
 
 def _yaml_value(value: Any) -> str:
@@ -339,6 +424,29 @@ def _run_pseudo_label(settings: dict[str, Any], stage_dir: Path, device: str) ->
         out=stage_dir,
         save_soft=settings["save_soft"],
         overwrite=False,
+        device=device,
+        spatial_prior=settings.get("spatial_prior"),
+    )
+    return {"dir": str(stage_dir)}
+
+
+def _run_translate(settings: dict[str, Any], stage_dir: Path, device: str) -> dict[str, str]:
+    from udaseg.commands.translate import run_translation
+
+    input_size = settings.get("input_size")
+    run_translation(
+        config_path=settings.get("config"),
+        overrides=settings["overrides"],
+        out=stage_dir,
+        mode=settings["mode"],
+        beta=settings.get("beta"),
+        window=settings.get("window") or "corners",
+        target_folder=settings.get("target_folder"),
+        seed=int(settings.get("seed") or 0),
+        generator=settings.get("generator"),
+        direction=settings.get("direction") or "source_to_target",
+        input_size=tuple(input_size) if input_size else None,
+        labels=settings.get("labels") or "link",
         device=device,
     )
     return {"dir": str(stage_dir)}

@@ -91,6 +91,12 @@ class AdaptSegNet(Method):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"segmentor": self.segmentor, "discriminator": self.discriminators}
 
+    def target_loss(
+        self, target: dict[str, Any], outputs: dict[str, torch.Tensor], scalars: dict[str, Any]
+    ) -> torch.Tensor | float:
+        """Extra target terms backpropagated with the generator's; AdaptSegNet has none."""
+        return 0.0
+
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         source, target = batch["source"], batch["target"]
 
@@ -116,7 +122,8 @@ class AdaptSegNet(Method):
             level_loss = fool_discriminator_loss(self.discriminators[level], maps, self.config.gan)
             loss_adv = loss_adv + weights[level] * level_loss
             scalars[_scalar_name("loss_adv", level)] = level_loss.detach()
-        ctx.backward(loss_adv)
+        # Subclasses may add target terms to this backward (BDL: CE on pseudo labels).
+        ctx.backward(loss_adv + self.target_loss(target, target_outputs, scalars))
 
         # 3. Discriminators: detached source maps -> 0, target maps -> 1, each term halved.
         for level, discriminator in self.discriminators.items():
