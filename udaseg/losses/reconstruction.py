@@ -1,9 +1,10 @@
 """Image reconstruction loss of Structure Enhancement (Lv et al., ECCV-W 2018).
 
-The paper penalises the L1 distance between the decoder's reconstruction and the input image,
-weighted by lambda_rec = 1e-5. No official code is public (REFERENCE §2); the reduction (a mean
-over every element) and the image scale it is computed at are this library's reading, argued in
-docs/methods/structure_enhancement.md.
+The paper penalises the L1 distance between the decoder's reconstruction and the input image
+(eq. (1): L_1(G∘E(I_S), I_S) + L_1(G∘E(I_T), I_T)), weighted by lambda_rec = 1e-5. No official
+code is public (REFERENCE §2); the reduction (a mean over every element) and the image scale it
+is computed at (by default the segmentor's normalised input: both images go through the same
+normalisation first) are this library's reading, argued in docs/methods/structure_enhancement.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,26 @@
 """The ASPP output-space discriminator of Structure Enhancement (Lv et al., ECCV-W 2018).
 
-The paper describes it as four 3x3 convolutions with dilation rates 1, 2, 3 and 4 applied in
-parallel to the segmentation softmax, followed by a convolution and a sigmoid. No code is public
-(REFERENCE §2); where the text is silent this module chooses:
-- each branch maps C -> base_channels, stride 1, padding = dilation (the map keeps its size),
-  followed by LeakyReLU(0.2) as in the FC discriminator of AdaptSegNet/ADVENT;
-- the branches are **concatenated** (4 x base_channels), not summed as DeepLabV2's classifier
-  sums its ASPP outputs, so the last conv can weigh the context sizes per channel;
-- the last conv is 1x1, 4 x base_channels -> 1: one decision per pixel;
-- **no sigmoid**: the module returns logits and `losses.adversarial.domain_loss` applies
-  binary cross-entropy with logits, which equals BCE after a sigmoid but stays finite when the
-  discriminator is confident.
+The paper (004, section 4.2): "The discriminative network D contains 3 layer, including a ASPP
+layer with 4 dilated convolutional operators in parallel, and a convolutional layer followed
+sigmoid activations. The sampling rates in the ASPP layer are respectively set to 1, 2, 3 and
+4", after FCAN (the paper's [17]); D is fully convolutional and "discriminates the domain label
+of each spatial unit". Here:
+- the ASPP layer: four 3x3 convs C -> base_channels at rates 1, 2, 3, 4, stride 1,
+  padding = rate (the map keeps its size: one decision per pixel);
+- where the text is silent (no code is public, REFERENCE §2), this module chooses: a
+  LeakyReLU(0.2) after each branch, as in the FC discriminator of AdaptSegNet/ADVENT; the
+  branches **concatenated** (4 x base_channels), not summed as DeepLabV2's classifier sums its
+  ASPP outputs, so the last conv can weigh the context sizes per channel; the last conv 1x1,
+  4 x base_channels -> 1;
+- the sigmoid: `forward` returns the logit z and the losses apply binary cross-entropy with
+  logits, which equals BCE after the sigmoid but stays finite when D is confident.
+
+Eq. (2) of the paper writes D_ij as the probability that the map came from the **source**
+(D maximises log D(source) + log(1 - D(target)), each averaged over D's H x W outputs). The
+library's adversarial losses label source 0 and target 1 (AdaptSegNet's convention,
+losses/adversarial.py), so sigmoid(z) is the probability of *target* and the paper's D_ij is
+sigmoid(-z) (`source_probability`): the same discriminator with the sign of its last layer
+flipped, and the same losses.
 
 Shapes: [B, C, H, W] -> [B, 1, H, W] logits (source = 0, target = 1).
 """
@@ -49,3 +59,10 @@ class ASPPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [self.leaky_relu(branch(x)) for branch in self.branches]
         return self.classifier(torch.cat(branches, dim=1))
+
+    def source_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's D_ij of eq. (2): probability that each pixel's map is from the source.
+
+        x: [B, C, H, W] -> [B, 1, H, W] in (0, 1), sigmoid(-logit).
+        """
+        return torch.sigmoid(-self(x))
