@@ -27,6 +27,11 @@ ids, 255 (`IGNORE_INDEX`) where a pixel is left out. The policies equal the offi
 
 Ties in an argmax go to the lowest class index, as in NumPy and PyTorch.
 
+CBST-SP's spatial prior: `spatial_prior(label_maps, C)` is the class frequency at each position
+over source label maps, `apply_spatial_prior` multiplies it into the probabilities (as CBST's
+solve_ST.py does with its released prior before thresholding), `assign(..., spatial_prior=)`
+does both steps' second half in memory.
+
 The two halves are exposed for streaming: `class_thresholds(confidence, predicted, ...)` (exact,
 from arrays in memory) or `ConfidenceHistogram.thresholds(...)` (a whole split in a fixed
 amount of memory), and `apply_thresholds(probabilities, thresholds, policy)`.
@@ -53,13 +58,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import png
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from udaseg.data.io import read_png16
@@ -261,13 +267,17 @@ def apply_thresholds(probabilities: Array, thresholds: Array | None, policy: str
     return _like(labels.to(torch.uint8), was_numpy)
 
 
-def assign(probabilities: Array, policy: str, **options: float) -> Array:
+def assign(
+    probabilities: Array, policy: str, spatial_prior: Array | None = None, **options: float
+) -> Array:
     """Pseudo-labels of a whole split, in memory.
 
     Args:
         probabilities: softmax, float [N, C, H, W], a torch tensor or numpy array.
         policy: "argmax", "threshold" (threshold=), "class_percentile" (percentile=, cap=) or
             "class_balanced" (portion=); see the module docstring.
+        spatial_prior: optional float [C, h, w] multiplied into the probabilities first
+            (CBST-SP, `apply_spatial_prior`); thresholds and labels come from the product.
     Returns:
         uint8 [N, H, W] train ids with IGNORE_INDEX where a pixel is left out, of the input's
         kind (tensor on the input's device, or array).
@@ -275,6 +285,8 @@ def assign(probabilities: Array, policy: str, **options: float) -> Array:
         ConfigError: unknown policy, or a missing, extra or out-of-range option.
     """
     check_options(policy, options)
+    if spatial_prior is not None:
+        probabilities = apply_spatial_prior(probabilities, spatial_prior)
     tensor, was_numpy = _as_tensor(probabilities)
     if tensor.dim() != 4:
         raise ValueError(f"probabilities must be [N, C, H, W], got {list(tensor.shape)}")
@@ -283,6 +295,127 @@ def assign(probabilities: Array, policy: str, **options: float) -> Array:
         confidence, predicted = confidence_and_prediction(tensor)
         thresholds = class_thresholds(confidence, predicted, tensor.shape[1], policy, **options)
     return _like(apply_thresholds(tensor, thresholds, policy), was_numpy)
+
+
+# --- CBST's spatial prior (CBST-SP) ---------------------------------------------------------
+
+
+def spatial_prior(
+    label_maps: Iterable[Array], num_classes: int, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Class frequency at each pixel position over source label maps: CBST-SP's spatial prior.
+
+    yzou2/CBST solve_ST.py multiplies the target probability maps by a class-wise prior
+    `prior_array` [C, H, W] (`--with-prior True`, GTA only) before the class-balanced thresholds
+    and labels; the released prior is a download (`prior_array.mat`), not computed by the code.
+    Here it is computed from the source labels as the fraction of label maps in which the
+    position holds the class (void counts for no class), see docs/methods/cbst.md.
+
+    Args:
+        label_maps: integer [H, W] train ids (255 void), e.g. the source training labels.
+        num_classes: C.
+        size: (H, W) the maps are brought to first (nearest neighbour); None = all maps must
+            already share one size.
+    Returns:
+        float32 [C, H, W] in 0..1.
+    Raises:
+        ValueError: no label maps, or maps of different sizes with size None.
+    """
+    counts: torch.Tensor | None = None
+    number = 0
+    for label_map in label_maps:
+        labels = _as_tensor(label_map)[0].to(torch.int64)
+        if labels.dim() != 2:
+            raise ValueError(f"label maps must be [H, W], got {list(labels.shape)}")
+        if size is not None and tuple(labels.shape) != tuple(size):
+            labels = F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest")
+            labels = labels[0, 0].to(torch.int64)
+        if counts is None:
+            counts = torch.zeros(num_classes, *labels.shape, dtype=torch.int64)
+        elif tuple(labels.shape) != tuple(counts.shape[1:]):
+            raise ValueError(
+                f"label maps of sizes {list(counts.shape[1:])} and {list(labels.shape)}; pass size"
+            )
+        valid = (labels >= 0) & (labels < num_classes)
+        # One-hot per position (void positions add nothing), summed over maps.
+        counts.view(num_classes, -1).scatter_add_(
+            0,
+            labels.clamp(0, num_classes - 1).view(1, -1),
+            valid.view(1, -1).to(torch.int64),
+        )
+        number += 1
+    if counts is None:
+        raise ValueError("spatial_prior: no label maps")
+    return (counts.double() / number).float().numpy()
+
+
+def apply_spatial_prior(probabilities: Array, prior: Array) -> Array:
+    """probabilities x prior, the prior resized bilinearly to the probabilities' size.
+
+    CBST-SP: `probmap = prior_array * prob`, unnormalised, from which the predicted class, the
+    confidences and the class-balanced thresholds are then taken.
+
+    Args:
+        probabilities: float [N, C, H, W] or [C, H, W].
+        prior: float [C, h, w] from `spatial_prior` (or the released prior_array).
+    Returns:
+        float32 of the probabilities' shape and kind (tensor on their device, or array).
+    """
+    tensor, was_numpy = _as_tensor(probabilities)
+    prior_tensor = _as_tensor(prior)[0].to(device=tensor.device, dtype=torch.float32)
+    if prior_tensor.dim() != 3 or prior_tensor.shape[0] != tensor.shape[-3]:
+        raise ValueError(
+            f"spatial prior must be [C, h, w] with C = {tensor.shape[-3]}, got "
+            f"{list(prior_tensor.shape)}"
+        )
+    if tuple(prior_tensor.shape[-2:]) != tuple(tensor.shape[-2:]):
+        prior_tensor = F.interpolate(
+            prior_tensor[None], size=tuple(tensor.shape[-2:]), mode="bilinear", align_corners=False
+        )[0]
+    return _like(tensor.float() * prior_tensor, was_numpy)
+
+
+def read_spatial_prior(path: str | Path, num_classes: int) -> np.ndarray:
+    """A spatial prior saved with `write_array_npy` (float [C, H, W]); ConfigError if unusable."""
+    try:
+        prior = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: cannot read the spatial prior ({error})") from None
+    if prior.ndim != 3 or prior.shape[0] != num_classes or not np.isfinite(prior).all():
+        raise ConfigError(
+            f"{path}: a spatial prior is a finite float array [{num_classes}, H, W], got "
+            f"{prior.dtype} {list(prior.shape)}"
+        )
+    return prior.astype(np.float32)
+
+
+def source_spatial_prior(
+    config_path: str | Path, overrides: list[str] | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The spatial prior of a config's `data.source` labels (without crop, scale or flip).
+
+    Args:
+        config_path: a training config (its data.source and label space are read).
+        overrides: `key=value` overrides of it.
+        size: (H, W) of the prior; None = the size of the source labels after data.source.resize
+            (they must all share it).
+    Returns:
+        float32 [C, H, W], see `spatial_prior`.
+    """
+    import dataclasses
+
+    from udaseg.config import load_config
+    from udaseg.data.datasets import build_dataset
+    from udaseg.data.label_spaces import get_label_space
+
+    config = load_config(config_path, overrides or [])
+    if config.data.source is None:
+        raise ConfigError(f"{config_path}: config key data.source: missing; the prior needs labels")
+    source = dataclasses.replace(config.data.source, crop=None, random_scale=None, flip=False)
+    label_space = get_label_space(config.data.label_space)
+    dataset = build_dataset(source, label_space, "source")
+    maps = (dataset[index]["label"] for index in range(len(dataset)))
+    return spatial_prior(maps, label_space.num_classes, size)
 
 
 class ConfidenceHistogram:

@@ -106,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="threshold: fixed (ProDA 0.95)")
     parser.add_argument("--portion", type=float, help="class_balanced: portion (CBST 0.2)")
     parser.add_argument(
+        "--spatial-prior",
+        metavar="FILE.npy",
+        help="CBST-SP: multiply the probabilities by this class-wise prior [C, H, W] before the "
+        "policy (udaseg.pseudo_labels.source_spatial_prior computes one)",
+    )
+    parser.add_argument(
         "--save-soft",
         action="store_true",
         help="also save the mean softmax at output resolution, soft/<name>.npy (ProDA)",
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         save_soft=args.save_soft,
         overwrite=args.overwrite,
+        spatial_prior=args.spatial_prior,
         device=args.device,
         state_every=args.state_every,
     )
@@ -161,6 +168,7 @@ def run_pseudo_labelling(
     device: str = "auto",
     state_every: float = 30.0,
     progress: bool = True,
+    spatial_prior: str | Path | None = None,
 ) -> dict[str, Any]:
     """Pseudo-label the target training split; resumable; see the module docstring.
 
@@ -176,6 +184,8 @@ def run_pseudo_labelling(
         device: "auto", "cpu" or "cuda".
         state_every: seconds between saves of the progress (0: after every batch).
         progress: show a progress bar on stderr (rank 0).
+        spatial_prior: a float [C, H, W] .npy multiplied into the probabilities before the
+            policy (CBST-SP; `udaseg.pseudo_labels.apply_spatial_prior`).
     Returns:
         the summary (as written to `out/summary.json`).
     Raises:
@@ -200,13 +210,21 @@ def run_pseudo_labelling(
 
     settings = _settings(policy, checked, checkpoints, target, label_space, config, save_soft)
     settings["num_images"] = len(dataset)
+    prior = None
+    if spatial_prior is not None:
+        prior = pseudo_labels.read_spatial_prior(spatial_prior, label_space.num_classes)
+        # Only when used, so that the settings of runs without a prior stay as they were.
+        settings["spatial_prior"] = {
+            "path": str(Path(spatial_prior).resolve()),
+            "sha256": sha256_of_file(spatial_prior),
+        }
     finished = _prepare_output(out, settings, overwrite, context)
     if finished is not None:
         if context.is_main:
             print(f"{out}: pseudo-labels already done ({SUMMARY_FILE} exists)", file=sys.stderr)
         return finished
 
-    labeller = _Labeller(models, config, dataset, context, save_soft)
+    labeller = _Labeller(models, config, dataset, context, save_soft, prior)
     state_folder = out / STATE_FOLDER
     histogram = None
     thresholds = None
@@ -382,8 +400,10 @@ class _Labeller:
         dataset: Any,
         context: DistributedContext,
         save_soft: bool,
+        spatial_prior: Any = None,
     ) -> None:
         self.models = models
+        self.spatial_prior = spatial_prior
         self.eval = config.eval
         self.num_workers = config.data.num_workers
         self.dataset = dataset
@@ -421,6 +441,8 @@ class _Labeller:
             members = [position for position, other in enumerate(sizes) if other == size]
             images = batch["image"][members].to(self.context.device)
             probabilities, soft = self._mean_softmax(images, size)
+            if self.spatial_prior is not None:
+                probabilities = pseudo_labels.apply_spatial_prior(probabilities, self.spatial_prior)
             for offset, position in enumerate(members):
                 records[position] = {
                     "name": batch["name"][position],
