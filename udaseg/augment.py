@@ -714,3 +714,148 @@ def dacs_strong_transform(
         kernel_size=None,
         generator=generator,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# RandAugment, photometric ops (ProDA's strong view)
+# --------------------------------------------------------------------------------------------
+
+# The photometric ops of the FixMatch pool that ProDA's RandAugmentMC(2, 10) draws from
+# (microsoft/ProDA data/randaugment.py `fixmatch_augment_pool`), with (max_v, bias): a magnitude
+# v in 1..9 gives the float parameter v * max_v / 10 + bias, the int one int(v * max_v / 10) +
+# bias. Its geometric ops (Rotate, ShearX/Y, TranslateX/Y) are left out: the views then stay
+# pixel-aligned, so no label or teacher map has to be warped.
+RANDAUGMENT_PHOTOMETRIC_OPS: tuple[tuple[str, float, float], ...] = (
+    ("autocontrast", 0.0, 0.0),
+    ("brightness", 0.9, 0.05),
+    ("color", 0.9, 0.05),
+    ("contrast", 0.9, 0.05),
+    ("equalize", 0.0, 0.0),
+    ("identity", 0.0, 0.0),
+    ("posterize", 4.0, 4.0),
+    ("sharpness", 0.9, 0.05),
+    ("solarize", 256.0, 0.0),
+)
+
+
+def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torch.Tensor:
+    # PIL ImageEnhance: degenerate + factor * (image - degenerate), clipped to 0..255.
+    return (degenerate + factor * (image - degenerate)).clamp(0.0, 255.0)
+
+
+def _autocontrast(image: torch.Tensor) -> torch.Tensor:
+    """PIL ImageOps.autocontrast (cutoff 0) of one image [3, H, W]: each channel stretched."""
+    low = image.amin(dim=(1, 2), keepdim=True)
+    high = image.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    stretched = (image - low) * (255.0 / span.clamp_min(1e-6))
+    return torch.where(span > 0, stretched, image).clamp(0.0, 255.0)
+
+
+def _equalize(image: torch.Tensor) -> torch.Tensor:
+    """PIL ImageOps.equalize of one image [3, H, W] (0..255), channel by channel."""
+    levels = image.round().clamp(0, 255).long()
+    output = []
+    for channel in levels:
+        histogram = torch.bincount(channel.flatten(), minlength=256)
+        nonzero = histogram.nonzero()
+        step = (int(histogram.sum()) - int(histogram[nonzero[-1]])) // 255
+        if step == 0:
+            output.append(channel.float())
+            continue
+        # PIL: lut[i] = (n + step // 2) // step with n the count of pixels below level i.
+        below = torch.cumsum(histogram, 0) - histogram
+        lut = ((below + step // 2) // step).clamp(0, 255)
+        output.append(lut[channel].float())
+    return torch.stack(output).to(image.dtype)
+
+
+def _sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """PIL ImageEnhance.Sharpness of one image [3, H, W]: blend with PIL's SMOOTH filter."""
+    kernel = torch.tensor(
+        [[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=image.dtype, device=image.device
+    )
+    kernel = (kernel / 13.0).expand(3, 1, 3, 3)
+    smoothed = F.conv2d(image[None], kernel, groups=3)[0]
+    # PIL leaves the one-pixel border unfiltered.
+    degenerate = image.clone()
+    degenerate[:, 1:-1, 1:-1] = smoothed
+    return _blend(degenerate, image, factor)
+
+
+def _photometric_op(image: torch.Tensor, name: str, value: float) -> torch.Tensor:
+    """One RandAugment op on one image [3, H, W] float 0..255 with its drawn parameter."""
+    if name == "identity":
+        return image
+    if name == "autocontrast":
+        return _autocontrast(image)
+    if name == "equalize":
+        return _equalize(image)
+    if name == "brightness":
+        return _blend(torch.zeros_like(image), image, value)
+    if name == "color":
+        return _blend(luma(image[None])[0].expand(3, -1, -1), image, value)
+    if name == "contrast":
+        mean = luma(image[None]).mean()
+        return _blend(torch.full_like(image, float(torch.floor(mean + 0.5))), image, value)
+    if name == "sharpness":
+        return _sharpness(image, value)
+    if name == "posterize":
+        shift = 2 ** (8 - int(value))
+        return torch.floor(image.round() / shift) * shift
+    if name == "solarize":
+        return torch.where(image >= value, 255.0 - image, image)
+    raise ValueError(f"unknown RandAugment op {name!r}")
+
+
+def randaugment_photometric(
+    images: torch.Tensor,
+    num_ops: int = 2,
+    magnitude: int = 10,
+    probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RandAugment with the photometric ops of ProDA's RandAugmentMC(2, 10), per image.
+
+    For each of `num_ops` slots, each image draws an op uniformly from
+    RANDAUGMENT_PHOTOMETRIC_OPS, a magnitude v uniform in 1..magnitude-1 (np.random.randint(1, m))
+    and applies the op with `probability`, as RandAugmentMC does; its parameter is
+    v * max_v / 10 + bias (float ops) or int(v * max_v / 10) + bias (posterize bits); solarize's
+    threshold is 256 - int(v * 256 / 10). PIL's formulas, in float without 8-bit rounding between
+    ops.
+
+    Args:
+        images: float [B, 3, H, W] RGB 0..255.
+        num_ops: ops per image (ProDA: 2).
+        magnitude: m (ProDA: 10), >= 2.
+        probability: chance that a drawn op is applied (RandAugmentMC: 0.5).
+        generator: CPU generator; None = torch's global one. Draws per slot: op [B],
+            magnitude [B], apply [B].
+    Returns:
+        float [B, 3, H, W] in 0..255.
+    """
+    _check_images(images)
+    _check_probability(probability)
+    _check_generator(generator)
+    if num_ops < 0 or magnitude < 2:
+        raise ValueError(f"need num_ops >= 0 and magnitude >= 2; got {num_ops}, {magnitude}")
+    batch_size = images.shape[0]
+    output = images.clone()
+    pool = RANDAUGMENT_PHOTOMETRIC_OPS
+    for _ in range(num_ops):
+        ops = torch.randint(0, len(pool), (batch_size,), generator=generator)
+        magnitudes = torch.randint(1, magnitude, (batch_size,), generator=generator)
+        applied = _draw_applied(batch_size, probability, generator)
+        for index in range(batch_size):
+            if not bool(applied[index]):
+                continue
+            name, max_value, bias = pool[int(ops[index])]
+            level = int(magnitudes[index])
+            if name == "posterize":
+                value = float(int(level * max_value / 10) + bias)
+            elif name == "solarize":
+                value = float(256 - int(level * max_value / 10))
+            else:
+                value = level * max_value / 10 + bias
+            output[index] = _photometric_op(output[index], name, value)
+    return output

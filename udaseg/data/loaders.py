@@ -28,6 +28,9 @@ from udaseg.errors import DataError
 
 # Per-pixel maps of a sample that are batched like the label (int64 [H, W] each).
 LABEL_KEYS = ("label", "pseudo_label")
+# Other per-sample maps batched alike: ProDA's soft pseudo labels, float16 [C, H, W]
+# (`data.target.soft_pseudo_labels`).
+MAP_KEYS = ("soft_pseudo_label",)
 
 # Tags that keep the permutation and the per-sample seed streams apart.
 _PERMUTATION_STREAM = 0
@@ -53,7 +56,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "name": [sample["name"] for sample in samples],
         "index": torch.tensor([sample["index"] for sample in samples], dtype=torch.int64),
     }
-    for key in LABEL_KEYS:
+    for key in (*LABEL_KEYS, *MAP_KEYS):
         if key in samples[0]:
             batch[key] = _stack(samples, key)
     return batch

@@ -116,6 +116,17 @@ KNOWN_WEIGHTS: tuple[KnownWeights, ...] = (
         key_format="torchvision names; `fc.*` skipped",
     ),
     KnownWeights(
+        name="r101_1x_sk0.pth",
+        urls=(_google_drive("1IHT-n-ko2DRWXNaW8OvvYktn_5VQYd2C"),),
+        kind="init",
+        description="SimCLRv2 ResNet-101 (1x, no selective kernels), self-supervised on ImageNet: "
+        "the init of ProDA's stage-2/3 students (microsoft/ProDA README, pretrained/simclr/). "
+        "Trained on RGB in 0..1 without mean or std: use model.input_normalization=unit.",
+        key_format="`state_dict` of torchvision ResNet names (ProDA reads ['state_dict']); the "
+        "SimCLRv2-Pytorch converter's `resnet` layout (net.0.0, net.N.blocks.M.net.K) is renamed",
+        mirror_pages=("https://drive.google.com/file/d/1IHT-n-ko2DRWXNaW8OvvYktn_5VQYd2C/view",),
+    ),
+    KnownWeights(
         name="tllib_deeplabv2_resnet101.pth",
         urls=("https://cloud.tsinghua.edu.cn/f/2d9a7fc43ce34f76803a/?dl=1",),
         kind="init",
@@ -455,7 +466,16 @@ def _is_state_dict(value: Any) -> bool:
 
 # Wrapper keys, in order of preference: mmcv/lightning, common training scripts, DACS (`model`
 # is the student, which DACS's evaluateUDA loads), ProDA (`ResNet101` -> `model_state`).
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "ResNet101", "net")
+# SimCLRv2-Pytorch's converter saves {"resnet": ..., "head": ...}.
+_WRAPPER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "ResNet101",
+    "net",
+    "resnet",
+)
 
 
 def strip_wrappers(checkpoint: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -669,7 +689,53 @@ def _renamings(state_dict: dict[str, torch.Tensor], module: nn.Module) -> list[R
             return renamed
 
         candidates.append(("tllib layout (backbone./classifier.)", tllib))
+    if any(_SIMCLR_BLOCK.match(key) for key in state_dict):
+        candidates.append(("SimCLRv2-Pytorch layout (net.N.blocks.M)", simclr_to_torchvision))
     return candidates
+
+
+# SimCLRv2-Pytorch (the converter google-research/simclr points to) names a ResNet's stem
+# `net.0` (conv `net.0.0`, BN `net.0.1.0`) and stage s `net.s.blocks.b`, whose bottleneck is
+# `net.{0,2,4}` (convs 1-3) with BNs `net.{1,3,5}.0`, and whose shortcut is
+# `projection.shortcut` with BN `projection.bn.0`.
+_SIMCLR_BLOCK = re.compile(r"^net\.([1-4])\.blocks\.(\d+)\.(.+)$")
+_SIMCLR_BLOCK_PARTS = {
+    "net.0.": "conv1.",
+    "net.1.0.": "bn1.",
+    "net.2.": "conv2.",
+    "net.3.0.": "bn2.",
+    "net.4.": "conv3.",
+    "net.5.0.": "bn3.",
+    "projection.shortcut.": "downsample.0.",
+    "projection.bn.0.": "downsample.1.",
+}
+
+
+def simclr_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SimCLRv2-Pytorch ResNet keys -> torchvision/Caffe-layout names (`fc.*` kept as is).
+
+    Args:
+        state_dict: name -> tensor, e.g. `net.1.blocks.0.net.3.0.running_mean`.
+    Returns:
+        name -> the same tensor, e.g. `layer1.0.bn2.running_mean`; unknown keys unchanged.
+    """
+    renamed = {}
+    for key, value in state_dict.items():
+        new_key = key
+        if key.startswith("net.0.0."):
+            new_key = "conv1." + key[len("net.0.0.") :]
+        elif key.startswith("net.0.1.0."):
+            new_key = "bn1." + key[len("net.0.1.0.") :]
+        else:
+            match = _SIMCLR_BLOCK.match(key)
+            if match is not None:
+                stage, block, rest = match.groups()
+                for old, new in _SIMCLR_BLOCK_PARTS.items():
+                    if rest.startswith(old):
+                        new_key = f"layer{stage}.{block}.{new}{rest[len(old) :]}"
+                        break
+        renamed[new_key] = value
+    return renamed
 
 
 def _is_head(key: str, head_prefixes: tuple[str, ...]) -> bool:

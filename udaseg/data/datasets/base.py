@@ -48,15 +48,18 @@ PSEUDO_LABEL_IGNORE = 255
 
 
 # `root: toy://source` reads the embedded toy benchmark (generated once into the cache), in
-# its default version; `toy-synthia://` is its SYNTHIA-layout variant, and `toy-v1://`,
-# `toy-v2://`, `toy-synthia-v1://`... name a version explicitly.
+# its default version; `toy-synthia://` is its SYNTHIA-layout variant, `-camvid` puts its target
+# in the CamVid-32 layout (`toy-synthia-camvid://`), and `toy-v1://`, `toy-v2://`,
+# `toy-synthia-v1://`... name a version explicitly.
 TOY_SCHEMES = {"toy://": "gta5", "toy-synthia://": "synthia"}
-_TOY_ROOT = re.compile(r"^toy(?P<synthia>-synthia)?(?:-v(?P<version>\d+))?://(?P<sub>.*)$")
+_TOY_ROOT = re.compile(
+    r"^toy(?P<synthia>-synthia)?(?P<camvid>-camvid)?(?:-v(?P<version>\d+))?://(?P<sub>.*)$"
+)
 
 
 def resolve_root(root: str) -> Path:
-    """A dataset root folder; `toy[-synthia][-vN]://<sub>` names a folder of the cached toy
-    benchmark (layout and version as the scheme says)."""
+    """A dataset root folder; `toy[-synthia][-camvid][-vN]://<sub>` names a folder of the cached
+    toy benchmark (source layout, target layout and version as the scheme says)."""
     match = _TOY_ROOT.match(root)
     if match is None:
         return Path(root).expanduser()
@@ -73,7 +76,11 @@ def resolve_root(root: str) -> Path:
     progress = GenerationProgress(
         "toy benchmark", "[udaseg] generating the toy benchmark (once; then cached)"
     )
-    return ensure_toy(layout=layout, progress=progress, version=version) / match["sub"]
+    target_layout = "camvid" if match["camvid"] else "cityscapes"
+    directory = ensure_toy(
+        layout=layout, progress=progress, version=version, target_layout=target_layout
+    )
+    return directory / match["sub"]
 
 
 @dataclass
@@ -98,6 +105,11 @@ class DatasetConfig:
     # size), as `udaseg pseudo-label` writes them; a relative path is taken as given when it
     # exists, else under `root`. Samples then carry "pseudo_label", augmented with the image.
     pseudo_labels: str | None = None
+    # ProDA's soft pseudo labels: the folder `udaseg pseudo-label --save-soft` wrote (its
+    # `soft/<sample name>.npy`, float16 [C, h, w] at the network's output resolution), or that
+    # `soft/` folder itself. Samples then carry "soft_pseudo_label", float16 [C, H, W] aligned
+    # with the augmented image (bilinear, align_corners, as ProDA upsamples them; 0 on padding).
+    soft_pseudo_labels: str | None = None
 
     def validate(self) -> None:
         for key in ("resize", "crop"):
@@ -114,6 +126,10 @@ class DatasetConfig:
             raise ConfigError("root: the dataset root folder is required")
         if self.pseudo_labels is not None and not self.pseudo_labels.strip():
             raise ConfigError("pseudo_labels: expected a folder of pseudo labels, or null")
+        if self.soft_pseudo_labels is not None and not self.soft_pseudo_labels.strip():
+            raise ConfigError(
+                "soft_pseudo_labels: expected a folder of soft pseudo labels, or null"
+            )
 
 
 @dataclass
@@ -144,7 +160,8 @@ class SegmentationDataset(Dataset):
     """Base class of dataset readers.
 
     A sample is `{"image": uint8 [3, H, W], "label": int64 [H, W] (labelled roles only),
-    "pseudo_label": int64 [H, W] (with `config.pseudo_labels` only), "name": str, "index": int}`.
+    "pseudo_label": int64 [H, W] (with `config.pseudo_labels` only), "soft_pseudo_label":
+    float16 [C, H, W] (with `config.soft_pseudo_labels` only), "name": str, "index": int}`.
     `dataset[i]` and `dataset[(i, seed)]` both work: `seed` seeds the `np.random.Generator` of
     that sample's augmentation; `dataset[i]` uses seed `i`.
 
@@ -201,6 +218,7 @@ class SegmentationDataset(Dataset):
             self._check_labels_exist()
         if self.pseudo_label_directory is not None:
             self._check_pseudo_labels_exist()
+        self.soft_pseudo_label_directory = self._find_soft_pseudo_label_directory()
         self._directory_listings.clear()  # only needed while building; workers get a copy
         self.resized_labels: set[str] = set()
 
@@ -416,14 +434,23 @@ class SegmentationDataset(Dataset):
             label_maps["label"] = self.mapping.apply(raw, source=str(files.label))
         if self.pseudo_label_directory is not None:
             label_maps["pseudo_label"] = self._read_pseudo_label(files, image)
+        if self.soft_pseudo_label_directory is not None:
+            label_maps[_SOFT_COORDINATES] = _pixel_coordinates(image, self.label_space)
         # SeedSequence needs a non-negative entropy; wrap negative seeds instead of failing.
         generator = np.random.default_rng(seed % 2**64)
+        image_shape = image.shape[:2]
         image, label_maps = self.transform.apply(image, label_maps, generator)
         sample: dict[str, Any] = {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
             "name": files.name,
             "index": index,
         }
+        if self.soft_pseudo_label_directory is not None:
+            coordinates = label_maps.pop(_SOFT_COORDINATES)
+            soft = self._read_soft_pseudo_label(files)
+            sample["soft_pseudo_label"] = torch.from_numpy(
+                _sample_soft_labels(soft, coordinates, image_shape, self.label_space)
+            )
         for key, values in label_maps.items():
             sample[key] = torch.from_numpy(values.astype(np.int64))
         return sample
@@ -450,6 +477,44 @@ class SegmentationDataset(Dataset):
         if space.ignore_index != PSEUDO_LABEL_IGNORE:
             values = np.where(values == PSEUDO_LABEL_IGNORE, space.ignore_index, values)
         return values
+
+    def _find_soft_pseudo_label_directory(self) -> Path | None:
+        if self.config.soft_pseudo_labels is None:
+            return None
+        directory = self.resolve(self.config.soft_pseudo_labels)
+        if (directory / "soft").is_dir():
+            directory = directory / "soft"
+        if not directory.is_dir():
+            raise DataError(
+                f"{directory}: soft pseudo-label folder not found "
+                f"(data.{self.role}.soft_pseudo_labels)"
+            )
+        missing = [
+            files for files in self.samples if not self.file_exists(directory / f"{files.name}.npy")
+        ]
+        if missing:
+            raise DataError(
+                f"{directory / (missing[0].name + '.npy')}: soft pseudo-label file not found "
+                f"({len(missing)} of {len(self.samples)} samples have none; write them with "
+                "`udaseg pseudo-label --save-soft`)"
+            )
+        return directory
+
+    def _read_soft_pseudo_label(self, files: SampleFiles) -> np.ndarray:
+        """The soft pseudo label float [C, h, w] of a sample, checked against the label space."""
+        assert self.soft_pseudo_label_directory is not None
+        path = self.soft_pseudo_label_directory / f"{files.name}.npy"
+        try:
+            soft = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot read soft pseudo label ({error})") from None
+        classes = self.label_space.num_classes
+        if soft.ndim != 3 or soft.shape[0] != classes:
+            raise DataError(
+                f"{path}: soft pseudo label of shape {list(soft.shape)}; expected "
+                f"[{classes}, h, w] for {self.label_space.name}"
+            )
+        return soft
 
     def _match_image_size(
         self, raw: np.ndarray, image: np.ndarray, files: SampleFiles
@@ -495,6 +560,61 @@ class SegmentationDataset(Dataset):
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.config.split!r}, "
             f"role={self.role!r}, samples={len(self)})"
         )
+
+
+# The label map that carries each output pixel's source pixel through the augmentation, so that
+# a low-resolution soft label can be sampled where the augmented image's pixels came from.
+_SOFT_COORDINATES = "_soft_pseudo_label_coordinates"
+
+
+def _pixel_coordinates(image: np.ndarray, label_space: LabelSpace) -> np.ndarray:
+    """int64 [H, W]: y * W + x, offset above the ignore index (padding gets the ignore index)."""
+    height, width = image.shape[:2]
+    offset = label_space.ignore_index + 1
+    return np.arange(height * width, dtype=np.int64).reshape(height, width) + offset
+
+
+def _sample_soft_labels(
+    soft: np.ndarray,
+    coordinates: np.ndarray,
+    image_shape: tuple[int, int],
+    label_space: LabelSpace,
+) -> np.ndarray:
+    """Bilinear (align_corners=True) samples of soft [C, h, w] at augmented pixels.
+
+    Args:
+        soft: float [C, h, w] over the whole original image.
+        coordinates: int [H', W'] from `_pixel_coordinates` after the augmentation.
+        image_shape: (H, W) of the original image.
+    Returns:
+        float16 [C, H', W']; 0 where the augmentation padded.
+    """
+    height, width = image_shape
+    offset = label_space.ignore_index + 1
+    padded = coordinates < offset
+    flat = np.where(padded, 0, coordinates - offset)
+    rows, columns = np.divmod(flat, width)
+    soft_height, soft_width = soft.shape[1:]
+    # align_corners=True: the image's corner pixels sit on the soft map's corner cells.
+    scale_y = (soft_height - 1) / (height - 1) if height > 1 else 0.0
+    scale_x = (soft_width - 1) / (width - 1) if width > 1 else 0.0
+    y = rows * scale_y
+    x = columns * scale_x
+    y0 = np.floor(y).astype(np.int64)
+    x0 = np.floor(x).astype(np.int64)
+    y1 = np.minimum(y0 + 1, soft_height - 1)
+    x1 = np.minimum(x0 + 1, soft_width - 1)
+    weight_y = (y - y0).astype(np.float32)
+    weight_x = (x - x0).astype(np.float32)
+    values = soft.astype(np.float32, copy=False)
+    sampled = (
+        values[:, y0, x0] * ((1 - weight_y) * (1 - weight_x))
+        + values[:, y0, x1] * ((1 - weight_y) * weight_x)
+        + values[:, y1, x0] * (weight_y * (1 - weight_x))
+        + values[:, y1, x1] * (weight_y * weight_x)
+    )
+    sampled[:, padded] = 0.0
+    return sampled.astype(np.float16)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
