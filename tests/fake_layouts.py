@@ -25,6 +25,8 @@ from PIL import Image
 
 from udaseg.data.io import write_palettised_png, write_png
 from udaseg.data.label_spaces import (
+    CAMVID32_COLOURS,
+    CAMVID32_TO_CITYSCAPES,
     CAMVID_TO_CITYSCAPES,
     CITYSCAPES_LABEL_IDS,
     CITYSCAPES_PALETTE,
@@ -39,6 +41,7 @@ GTA5_VALUES = tuple(range(35))  # Cityscapes labelIds 0..33 plus 34 (void)
 CITYSCAPES_VALUES = tuple(range(34))
 SYNTHIA_VALUES = tuple(range(23))  # 22 is lane marking (void)
 CAMVID_VALUES = tuple(range(12))  # 11 is void
+CAMVID32_VALUES = tuple(range(len(CAMVID32_COLOURS)))  # indices into the 32-colour table
 
 
 @dataclass
@@ -259,6 +262,47 @@ def write_camvid(
             label_path = root / f"{split}annot" / f"{name}.png"
             write_png(image_path, image)
             write_png(label_path, label.astype(np.uint8))
+            layout.images[name] = image
+            layout.labels[name] = label
+            layout.files[name] = (image_path, label_path)
+        layouts[split] = layout
+    return layouts
+
+
+def write_camvid32(
+    root: str | Path,
+    splits: Mapping[str, int] | None = None,
+    size: Size = (24, 32),
+    seed: int = 0,
+    tint: tuple[int, int, int] = (0, 0, 0),
+) -> dict[str, FakeLayout]:
+    """CamVid, original 32 classes: RGB `<name>_L.png` labels in the table's colours.
+
+    Split "all" is the official download (`701_StillsRaw_full/`, `LabeledApproved_full/`); any
+    other split is `<split>/` and `<split>_labels/`. `labels` hold the 0..31 table indices.
+
+    Args:
+        splits: split -> image count (default {"all": 3}).
+    """
+    root = Path(root)
+    splits = {"all": 3} if splits is None else dict(splits)
+    colours = np.array([colour for _, colour in CAMVID32_COLOURS], dtype=np.uint8)
+    generator = np.random.default_rng(seed)
+    layouts = {}
+    for split, count in splits.items():
+        layout = FakeLayout(root)
+        if split == "all":
+            image_folder, label_folder = root / "701_StillsRaw_full", root / "LabeledApproved_full"
+        else:
+            image_folder, label_folder = root / split, root / f"{split}_labels"
+        for number in range(count):
+            name = f"0016E5_{7959 + 30 * number:05d}"
+            label = block_label(generator, size, CAMVID32_VALUES)
+            image = image_for(generator, label, CAMVID32_TO_CITYSCAPES, tint)
+            image_path = image_folder / f"{name}.png"
+            label_path = label_folder / f"{name}_L.png"
+            write_png(image_path, image)
+            write_png(label_path, colours[label])
             layout.images[name] = image
             layout.labels[name] = label
             layout.files[name] = (image_path, label_path)

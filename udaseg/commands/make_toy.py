@@ -1,7 +1,8 @@
 """`udaseg make-toy [--out DIR] [--seed N] [--size HxW] [--layout gta5|synthia] ...`
 
 Writes the embedded toy benchmark: a synthetic source domain in the GTA5 (or SYNTHIA) layout and
-a target domain in the Cityscapes layout, deterministically from the seed, so that the real
+a target domain in the Cityscapes (or, `--target-layout camvid`, CamVid-32) layout,
+deterministically from the seed, so that the real
 dataset readers load it unchanged. Without `--out` the benchmark goes to the cache that
 `udaseg demo` uses (`$UDASEG_CACHE/toy/<hash>`), and an existing one is reused.
 """
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         DEFAULT_NUM_VAL,
         DEFAULT_SIZE,
         LAYOUTS,
+        TARGET_LAYOUTS,
         TOY_VERSION,
         VERSIONS,
     )
@@ -63,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="source layout: gta5 (palettised labelIds) or synthia (16-bit GT/LABELS, "
         "no terrain/truck/train) (default: gta5)",
     )
+    parser.add_argument(
+        "--target-layout",
+        choices=TARGET_LAYOUTS,
+        default="cityscapes",
+        help="target layout: cityscapes (gtFine labelIds) or camvid (split folders, RGB "
+        "<name>_L.png labels in CamVid's 32 classes; docs/benchmarks-camvid.md) "
+        "(default: cityscapes)",
+    )
     parser.add_argument("--num-source", type=int, default=DEFAULT_NUM_SOURCE, metavar="N")
     parser.add_argument(
         "--num-target",
@@ -89,12 +99,18 @@ def run(args: argparse.Namespace) -> int:
     from udaseg.data.toy.preview import write_preview
     from udaseg.data.toy.progress import GenerationProgress
 
+    if args.preview and args.target_layout != "cityscapes":
+        from udaseg.errors import ConfigError
+
+        # The preview reads Cityscapes-layout targets only; refuse before writing anything.
+        raise ConfigError("--preview: not available with --target-layout camvid")
     started = time.perf_counter()
     options = {
         "seed": args.seed,
         "version": args.version,
         "size": args.size,
         "layout": args.layout,
+        "target_layout": args.target_layout,
         "num_source": args.num_source,
         "num_target": args.num_target,
         "num_val": args.num_val,
@@ -126,12 +142,13 @@ def describe(directory: Path, manifest: dict, seconds: float) -> str:
     counts = manifest["counts"]
     height, width = manifest["size"]
     source_name = "SYNTHIA" if manifest["layout"] == "synthia" else "GTA5"
+    target_name = "CamVid-32" if manifest.get("target_layout") == "camvid" else "Cityscapes"
     lines = [
         f"toy benchmark in {directory} (seed {manifest['seed']}, {height}x{width}, "
         f"version {manifest['version']}), {seconds:.1f} s",
         f"  source: {counts['source']} images, {source_name} layout ({directory / 'source'})",
         f"  target: {counts['target_train']} train (labels for the oracle only) + "
-        f"{counts['target_val']} val, Cityscapes layout ({directory / 'target'})",
+        f"{counts['target_val']} val, {target_name} layout ({directory / 'target'})",
         "  pixel frequency per class (%):",
         f"    {'class':<14}{'source':>8}{'target':>8}{'val':>8}",
     ]

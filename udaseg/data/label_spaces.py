@@ -190,6 +190,11 @@ SYNTHIA13_IN_19: tuple[int, ...] = (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18
 # CamVid (SegNet version) covers 11 Cityscapes classes; see CAMVID_TO_CITYSCAPES.
 CAMVID11_IN_19: tuple[int, ...] = (0, 1, 2, 4, 5, 7, 8, 10, 11, 13, 18)
 
+# The 9 classes seed 003 (/work/shared/papers/003_*.txt, "Synthia to Camvid: Multi-Level DA")
+# scores on SYNTHIA -> CamVid: road, sidewalk, building, pole, light, sign, vegetation, terrain,
+# bus. Its "mIoU 31.2" is not the mean of its nine IoUs (48.5); docs/benchmarks-camvid.md.
+SEED003_CAMVID9_IN_19: tuple[int, ...] = (0, 1, 2, 5, 6, 7, 8, 9, 15)
+
 
 def _names_to_ids(names: tuple[str, ...], order: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(order.index(name) for name in names)
@@ -218,6 +223,12 @@ CITYSCAPES19 = LabelSpace(
             CAMVID11_IN_19,
             "count",
             "the 11 classes CamVid labels (udaseg's CamVid mapping)",
+        ),
+        EvalSubset(
+            "mIoU9-camvid",
+            SEED003_CAMVID9_IN_19,
+            "count",
+            "9 of the 19 IoUs averaged: the classes seed 003's SYNTHIA -> CamVid table reports",
         ),
     ),
     cityscapes_label_ids=tuple(
@@ -435,6 +446,94 @@ CAMVID_TO_CITYSCAPES = LabelMapping(
     },
 )
 
+# CamVid, original version (Brostow et al. 2008): 32 classes, labels stored as RGB colours in
+# `LabeledApproved_full/<name>_L.png`. Names and colours are the dataset's label_colors.txt, in
+# its order (docs/datasets.md cites a copy); the position of a colour in this table is the raw
+# value `udaseg.data.datasets.camvid.decode_camvid32` turns it into.
+CAMVID32_COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("Animal", (64, 128, 64)),
+    ("Archway", (192, 0, 128)),
+    ("Bicyclist", (0, 128, 192)),
+    ("Bridge", (0, 128, 64)),
+    ("Building", (128, 0, 0)),
+    ("Car", (64, 0, 128)),
+    ("CartLuggagePram", (64, 0, 192)),
+    ("Child", (192, 128, 64)),
+    ("Column_Pole", (192, 192, 128)),
+    ("Fence", (64, 64, 128)),
+    ("LaneMkgsDriv", (128, 0, 192)),
+    ("LaneMkgsNonDriv", (192, 0, 64)),
+    ("Misc_Text", (128, 128, 64)),
+    ("MotorcycleScooter", (192, 0, 192)),
+    ("OtherMoving", (128, 64, 64)),
+    ("ParkingBlock", (64, 192, 128)),
+    ("Pedestrian", (64, 64, 0)),
+    ("Road", (128, 64, 128)),
+    ("RoadShoulder", (128, 128, 192)),
+    ("Sidewalk", (0, 0, 192)),
+    ("SignSymbol", (192, 128, 128)),
+    ("Sky", (128, 128, 128)),
+    ("SUVPickupTruck", (64, 128, 192)),
+    ("TrafficCone", (0, 0, 64)),
+    ("TrafficLight", (0, 64, 64)),
+    ("Train", (192, 64, 128)),
+    ("Tree", (128, 128, 0)),
+    ("Truck_Bus", (192, 128, 192)),
+    ("Tunnel", (64, 0, 64)),
+    ("VegetationMisc", (192, 192, 0)),
+    ("Void", (0, 0, 0)),
+    ("Wall", (64, 192, 0)),
+)
+CAMVID32_NAMES: tuple[str, ...] = tuple(name for name, _ in CAMVID32_COLOURS)
+# The raw value of a pixel whose colour is not in the table (e.g. a label saved as JPEG): void.
+CAMVID32_UNKNOWN_COLOUR = 255
+
+# CamVid-32 class -> Cityscapes class: udaseg's choice (REFERENCE §4.4: no UDA code fixes one).
+# Unlike the SegNet version, whose Bicyclist is mapped to bicycle, Bicyclist is mapped to rider
+# here, the class Cityscapes gives a person riding. SUVPickupTruck is car: Cityscapes counts SUVs
+# as car, and the SegNet 11-class grouping udaseg also reads puts SUVPickupTruck into Car.
+# Classes with no Cityscapes evaluation class (bridge and tunnel are ignored ones; animals,
+# prams, cones, "other moving"), or one that depends on what they lie on (non-driving lane
+# marks, road shoulder, text), are void (docs/datasets.md).
+_CAMVID32_CITYSCAPES_CLASS: dict[str, str] = {
+    "Road": "road",
+    "LaneMkgsDriv": "road",
+    "Sidewalk": "sidewalk",
+    "Building": "building",
+    "Wall": "wall",
+    "Fence": "fence",
+    "Column_Pole": "pole",
+    "TrafficLight": "traffic light",
+    "SignSymbol": "traffic sign",
+    "Tree": "vegetation",
+    "VegetationMisc": "terrain",
+    "Sky": "sky",
+    "Pedestrian": "person",
+    "Child": "person",
+    "Bicyclist": "rider",
+    "Car": "car",
+    "SUVPickupTruck": "car",
+    "Truck_Bus": "bus",
+    "Train": "train",
+    "MotorcycleScooter": "motorcycle",
+}
+
+CAMVID32_TO_CITYSCAPES = LabelMapping(
+    name="camvid32",
+    label_space=CITYSCAPES19,
+    table={
+        **{
+            index: (
+                CITYSCAPES_CLASSES.index(_CAMVID32_CITYSCAPES_CLASS[name])
+                if name in _CAMVID32_CITYSCAPES_CLASS
+                else IGNORE_INDEX
+            )
+            for index, name in enumerate(CAMVID32_NAMES)
+        },
+        CAMVID32_UNKNOWN_COLOUR: IGNORE_INDEX,
+    },
+)
+
 LABEL_MAPPINGS: dict[str, LabelMapping] = {
     mapping.name: mapping
     for mapping in (
@@ -443,5 +542,6 @@ LABEL_MAPPINGS: dict[str, LabelMapping] = {
         GTA5_LABEL_IDS,
         SYNTHIA_IDS,
         CAMVID_TO_CITYSCAPES,
+        CAMVID32_TO_CITYSCAPES,
     )
 }

@@ -9,6 +9,8 @@ Layout under the output directory (REFERENCE §4):
     source/GT/LABELS/0000000.png               16-bit RGB: SYNTHIA class id, instance id, 0
     target/leftImg8bit/{train,val}/<city>/<city>_000000_NNNNNN_leftImg8bit.png
     target/gtFine/{train,val}/<city>/<city>_000000_NNNNNN_gtFine_labelIds.png
+    target/{train,val}/010NTY_NNNNNN.png       CamVid layout (`target_layout="camvid"`): RGB
+    target/{train,val}_labels/010NTY_NNNNNN_L.png   RGB colours of CamVid's 32 classes
 
 Target train labels are written too: the demo trains a target-oracle model on them. UDA methods
 never read them, because the target training set is built with `role="target"`.
@@ -35,6 +37,9 @@ import numpy as np
 
 from udaseg.data.io import write_palettised_png, write_png
 from udaseg.data.label_spaces import (
+    CAMVID32_COLOURS,
+    CAMVID32_NAMES,
+    CAMVID32_TO_CITYSCAPES,
     CITYSCAPES19,
     CITYSCAPES_LABELS,
     CITYSCAPES_PALETTE,
@@ -86,10 +91,15 @@ DEFAULT_NUM_SOURCE = 1500
 DEFAULT_NUM_TARGET = 1500
 DEFAULT_NUM_VAL = 300
 LAYOUTS = ("gta5", "synthia")
+# The target's layout: Cityscapes (default), or CamVid's 32-class RGB labels in split folders,
+# for SYNTHIA -> CamVid (docs/benchmarks-camvid.md).
+TARGET_LAYOUTS = ("cityscapes", "camvid")
 
 # Invented city names; Cityscapes' own val cities are frankfurt, lindau and munster.
 TRAIN_CITIES = ("ashford", "brackley", "corbridge", "dunmore")
 VAL_CITIES = ("eastwick", "fenwick")
+# Invented CamVid-style sequence names (CamVid's own are 0001TP, 0006R0, 0016E5, Seq05VD).
+CAMVID_SEQUENCES = {"train": "0101TY", "val": "0102TY"}
 
 # Domain codes in the per-image seed.
 _DOMAIN_CODES = {"source": 1, "target_train": 2, "target_val": 3}
@@ -127,7 +137,44 @@ def _train_id_table(layout: str) -> np.ndarray:
     return table
 
 
+def _camvid32_index_table() -> np.ndarray:
+    """Toy-internal class -> CamVid-32 class index (uint8 [256]); void -> Void.
+
+    Each toy class gets the CamVid class a CamVid annotator would give it: CamVid has no truck
+    (Truck_Bus, read back as bus) and no bicycle apart from its rider (Bicyclist, read back as
+    rider); lane marks are LaneMkgsDriv (road).
+    """
+    names = {
+        "road": "Road",
+        "sidewalk": "Sidewalk",
+        "building": "Building",
+        "wall": "Wall",
+        "fence": "Fence",
+        "pole": "Column_Pole",
+        "traffic light": "TrafficLight",
+        "traffic sign": "SignSymbol",
+        "vegetation": "Tree",
+        "terrain": "VegetationMisc",
+        "sky": "Sky",
+        "person": "Pedestrian",
+        "rider": "Bicyclist",
+        "car": "Car",
+        "truck": "Truck_Bus",
+        "bus": "Truck_Bus",
+        "train": "Train",
+        "motorcycle": "MotorcycleScooter",
+        "bicycle": "Bicyclist",
+    }
+    table = np.full(256, CAMVID32_NAMES.index("Void"), dtype=np.uint8)
+    for train_id, name in enumerate(CITYSCAPES19.class_names):
+        table[train_id] = CAMVID32_NAMES.index(names[name])
+    table[LANE_MARKING] = CAMVID32_NAMES.index("LaneMkgsDriv")
+    return table
+
+
 CITYSCAPES_LABEL_ID_OF = _cityscapes_label_id_table()
+CAMVID32_INDEX_OF = _camvid32_index_table()
+CAMVID32_COLOUR_TABLE = np.array([colour for _, colour in CAMVID32_COLOURS], dtype=np.uint8)
 SYNTHIA_ID_OF = _synthia_id_table()
 THING_CLASSES = (PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE)
 
@@ -206,11 +253,18 @@ def source_paths(out_dir: Path, layout: str, index: int) -> tuple[Path, Path]:
     return out_dir / "source" / "images" / name, out_dir / "source" / "labels" / name
 
 
-def target_paths(out_dir: Path, split: str, index: int, count: int) -> tuple[Path, Path]:
+def target_paths(
+    out_dir: Path, split: str, index: int, count: int, target_layout: str = "cityscapes"
+) -> tuple[Path, Path]:
     """(image, label) paths of target image `index` of `count` in `split` ("train"/"val").
 
-    Images are shared out in blocks over the split's cities; frames are numbered per city.
+    Cityscapes layout: images are shared out in blocks over the split's cities; frames are
+    numbered per city. CamVid layout: one sequence per split, frames numbered from 1.
     """
+    if target_layout == "camvid":
+        stem = f"{CAMVID_SEQUENCES[split]}_{index + 1:06d}"
+        target = out_dir / "target"
+        return target / split / f"{stem}.png", target / f"{split}_labels" / f"{stem}_L.png"
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
     per_city = -(-count // len(cities))
     city = cities[index // per_city]
@@ -233,6 +287,7 @@ class _Job:
     size: tuple[int, int]
     layout: str
     target_style: dict
+    target_layout: str = "cityscapes"
 
 
 def _run_job(job: _Job) -> np.ndarray:
@@ -249,7 +304,9 @@ def _run_job(job: _Job) -> np.ndarray:
             image_path, label_path = source_paths(out_dir, job.layout, index)
         else:
             split = "train" if job.domain == "target_train" else "val"
-            image_path, label_path = target_paths(out_dir, split, index, job.count)
+            image_path, label_path = target_paths(
+                out_dir, split, index, job.count, job.target_layout
+            )
         write_png(image_path, image)
         if job.domain == "source" and job.layout == "synthia":
             things = np.isin(classes, THING_CLASSES)
@@ -259,16 +316,28 @@ def _run_job(job: _Job) -> np.ndarray:
             write_png(label_path, label)
         elif job.domain == "source":
             write_palettised_png(label_path, CITYSCAPES_LABEL_ID_OF[classes], LABEL_ID_PALETTE)
+        elif job.target_layout == "camvid":
+            write_png(label_path, CAMVID32_COLOUR_TABLE[CAMVID32_INDEX_OF[classes]])
         else:
             write_png(label_path, CITYSCAPES_LABEL_ID_OF[classes])
-        mapped = train_ids[classes]
+        if job.domain != "source" and job.target_layout == "camvid":
+            # Count what the CamVid reader gives back (truck as bus, bicycle as rider).
+            mapped = CAMVID32_TO_CITYSCAPES.apply(CAMVID32_INDEX_OF[classes])
+        else:
+            mapped = train_ids[classes]
         counts += np.bincount(np.minimum(mapped, 19).ravel(), minlength=20)
     return counts
 
 
-def _check_arguments(size: tuple[int, int], layout: str, counts: dict[str, int]) -> None:
+def _check_arguments(
+    size: tuple[int, int], layout: str, counts: dict[str, int], target_layout: str = "cityscapes"
+) -> None:
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if target_layout not in TARGET_LAYOUTS:
+        raise ConfigError(
+            f"target_layout: expected one of {', '.join(TARGET_LAYOUTS)}, got {target_layout!r}"
+        )
     height, width = size
     if height < 16 or width < 16 or height % 2 or width % 2:
         raise ConfigError(
@@ -312,6 +381,7 @@ def generate_toy(
     target_style: TargetStyle | None = None,
     progress: Callable[[int, int], None] | None = None,
     version: int = TOY_VERSION,
+    target_layout: str = "cityscapes",
 ) -> dict:
     """Write the toy benchmark into `out_dir` and return its manifest.
 
@@ -330,6 +400,8 @@ def generate_toy(
         target_style: the target domain's knobs (default: those of `version`).
         progress: called with (images done, images total) after each chunk.
         version: the benchmark version, 1 or 2 (`VERSIONS`).
+        target_layout: "cityscapes" or "camvid" (CamVid split folders, 32-class RGB labels);
+            the images are the same either way.
     Returns:
         the manifest written to `out_dir/toy.json`.
     Raises:
@@ -340,7 +412,7 @@ def generate_toy(
     target_style = target_style or default_target_style(version)
     size = (int(size[0]), int(size[1]))
     counts = {"source": num_source, "target_train": num_target, "target_val": num_val}
-    _check_arguments(size, layout, counts)
+    _check_arguments(size, layout, counts, target_layout)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
     if (
@@ -366,6 +438,7 @@ def generate_toy(
                 size,
                 layout,
                 target_style.to_dict(),
+                target_layout,
             )
             for domain, count in counts.items()
             for start in range(0, count, _CHUNK)
@@ -405,12 +478,16 @@ def generate_toy(
             "layout": layout,
             "counts": counts,
             "cities": {"train": list(TRAIN_CITIES), "val": list(VAL_CITIES)},
-            "datasets": dataset_configs(out_dir, layout),
+            "datasets": dataset_configs(out_dir, layout, target_layout),
             "target_style": target_style.to_dict(),
             "class_frequencies": {
                 domain: _frequencies(pixels) for domain, pixels in pixel_counts.items()
             },
         }
+        if target_layout != "cityscapes":  # the default's manifest stays as it was
+            manifest["target_layout"] = target_layout
+            del manifest["cities"]
+            manifest["sequences"] = dict(CAMVID_SEQUENCES)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         # Swap the finished benchmark in: old entries out of the way first, the manifest last,
         # so a toy.json always describes complete data.
@@ -427,10 +504,19 @@ def generate_toy(
     return manifest
 
 
-def dataset_configs(root: str | Path, layout: str = "gta5") -> dict[str, dict]:
+def dataset_configs(
+    root: str | Path, layout: str = "gta5", target_layout: str = "cityscapes"
+) -> dict[str, dict]:
     """The `data.source`, `data.target` and `data.val` sections that read a toy benchmark."""
     root = Path(root)
     source_kind = "synthia" if layout == "synthia" else "gta5"
+    if target_layout == "camvid":
+        target = {"kind": "camvid", "labels": "camvid32", "root": str(root / "target")}
+        return {
+            "source": {"kind": source_kind, "root": str(root / "source")},
+            "target": {**target, "split": "train"},
+            "val": {**target, "split": "val"},
+        }
     return {
         "source": {"kind": source_kind, "root": str(root / "source")},
         "target": {"kind": "cityscapes", "root": str(root / "target"), "split": "train"},
@@ -455,6 +541,7 @@ def cache_key(
     num_val: int,
     target_style: TargetStyle,
     version: int = TOY_VERSION,
+    target_layout: str = "cityscapes",
 ) -> str:
     """A short hash of everything that determines the benchmark's files."""
     arguments = {
@@ -465,6 +552,8 @@ def cache_key(
         "counts": [num_source, num_target, num_val],
         "target_style": target_style.to_dict(),
     }
+    if target_layout != "cityscapes":  # so that the default's key (and cache) is unchanged
+        arguments["target_layout"] = target_layout
     text = json.dumps(arguments, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -481,6 +570,7 @@ def ensure_toy(
     target_style: TargetStyle | None = None,
     progress: Callable[[int, int], None] | None = None,
     version: int = TOY_VERSION,
+    target_layout: str = "cityscapes",
 ) -> Path:
     """The directory of a complete toy benchmark with these arguments, generated if missing.
 
@@ -495,7 +585,9 @@ def ensure_toy(
     """
     target_style = target_style or default_target_style(version)
     base = (Path(root).expanduser() if root is not None else cache_root()) / "toy"
-    key = cache_key(seed, size, layout, num_source, num_target, num_val, target_style, version)
+    key = cache_key(
+        seed, size, layout, num_source, num_target, num_val, target_style, version, target_layout
+    )
     final = base / key
     if _is_toy_directory(final):
         return final
@@ -514,10 +606,11 @@ def ensure_toy(
             target_style=target_style,
             progress=progress,
             version=version,
+            target_layout=target_layout,
         )
         manifest_path = partial / MANIFEST
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        manifest["datasets"] = dataset_configs(final, layout)
+        manifest["datasets"] = dataset_configs(final, layout, target_layout)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         try:
             partial.rename(final)
