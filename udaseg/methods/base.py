@@ -153,6 +153,30 @@ def check_non_negative(config: Any, *names: str) -> None:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
 
 
+def require_pseudo_labels(ctx: SetupContext, method: str, how: str) -> None:
+    """ConfigError unless the target training set reads pseudo labels (`data.target.
+    pseudo_labels`); `how` says what the method uses them for and where they come from."""
+    target = ctx.datasets.get("target")
+    if target is not None and getattr(target.config, "pseudo_labels", None) is None:
+        raise ConfigError(
+            f"config key data.target.pseudo_labels: method {method} {how} and name their folder "
+            "here"
+        )
+
+
+def new_layer_sgd(lr: float) -> dict[str, Any]:
+    """Optimizer settings of layers a method adds to the segmentor (domain classifiers,
+    projection heads): the DeepLab papers' SGD (momentum 0.9, weight decay 5e-4) at `lr`, with
+    no extra head multiplier."""
+    return {
+        "name": "sgd",
+        "lr": lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "head_lr_multiplier": 1.0,
+    }
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
     """Forward through `module` without accumulating gradients into its parameters.

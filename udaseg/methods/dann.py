@@ -23,7 +23,12 @@ from torch import nn
 from udaseg.errors import ConfigError
 from udaseg.losses.adversarial import SOURCE_DOMAIN, TARGET_DOMAIN, domain_loss
 from udaseg.losses.segmentation import source_segmentation_loss
-from udaseg.methods.base import Method, StepContext, check_non_negative
+from udaseg.methods.base import (
+    Method,
+    StepContext,
+    check_non_negative,
+    new_layer_sgd,
+)
 from udaseg.models.gradient_reversal import (
     PixelDomainClassifier,
     dann_coefficient,
@@ -53,15 +58,7 @@ class DANN(Method):
     Config = DANNConfig
     # DANN: the domain classifier trains with the network's SGD at 10x lr (new layers); here
     # 10 x the DeepLabV2 papers' 2.5e-4, poly-decayed with the segmentor by the engine.
-    default_optimizers = {
-        "domain_classifier": {
-            "name": "sgd",
-            "lr": 2.5e-3,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "head_lr_multiplier": 1.0,
-        }
-    }
+    default_optimizers = {"domain_classifier": new_layer_sgd(2.5e-3)}
 
     def __init__(self, config: Any, segmentor: nn.Module, label_space: Any) -> None:
         super().__init__(config, segmentor, label_space)

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from udaseg.errors import ConfigError
 from udaseg.losses.entropy import charbonnier_entropy_loss, entropy_loss
 from udaseg.losses.segmentation import source_segmentation_loss
-from udaseg.methods.base import Method, SetupContext, StepContext, check_non_negative
+from udaseg.methods.base import (
+    Method,
+    SetupContext,
+    StepContext,
+    check_non_negative,
+    require_pseudo_labels,
+)
 from udaseg.registry import METHODS
 from udaseg.translation import FDA_WINDOWS, fda_source_to_target
 
@@ -76,16 +82,12 @@ class FDA(Method):
     Config = FDAConfig
 
     def setup(self, ctx: SetupContext) -> None:
-        target = ctx.datasets.get("target")
-        if (
-            self.config.self_training
-            and target is not None
-            and getattr(target.config, "pseudo_labels", None) is None
-        ):
-            raise ConfigError(
-                "config key data.target.pseudo_labels: method fda with self_training: true "
-                "trains on pseudo labels; write them with `udaseg pseudo-label` and name their "
-                "folder here"
+        if self.config.self_training:
+            require_pseudo_labels(
+                ctx,
+                "fda",
+                "with self_training: true trains on pseudo labels; write them with "
+                "`udaseg pseudo-label`",
             )
 
     @torch.no_grad()

@@ -40,7 +40,13 @@ from udaseg.losses.segmentation import (
     upsample_logits,
     upsampled_softmax,
 )
-from udaseg.methods.base import Method, SetupContext, StepContext, check_non_negative
+from udaseg.methods.base import (
+    Method,
+    SetupContext,
+    StepContext,
+    check_non_negative,
+    new_layer_sgd,
+)
 from udaseg.methods.teachers import ema_update, frozen_copy
 from udaseg.models.projection import ContrastiveHeads, pixel_vectors
 from udaseg.registry import METHODS
@@ -174,13 +180,7 @@ class MemoryBankContrastive(Method):
     Config = MemoryBankContrastiveConfig
     default_optimizers = {
         # The released code trains the heads and selectors in the segmentor's SGD group at 1x lr.
-        "contrastive_heads": {
-            "name": "sgd",
-            "lr": 2e-4,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "head_lr_multiplier": 1.0,
-        }
+        "contrastive_heads": new_layer_sgd(2e-4)
     }
 
     def __init__(self, config: Any, segmentor: nn.Module, label_space: Any) -> None:

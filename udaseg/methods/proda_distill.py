@@ -25,7 +25,13 @@ from torch import nn
 from udaseg.errors import ConfigError
 from udaseg.losses.proda import distillation_kl, symmetric_cross_entropy
 from udaseg.losses.segmentation import source_segmentation_loss
-from udaseg.methods.base import Method, SetupContext, StepContext, check_non_negative
+from udaseg.methods.base import (
+    Method,
+    SetupContext,
+    StepContext,
+    check_non_negative,
+    require_pseudo_labels,
+)
 from udaseg.methods.proda import _resize, _resize_labels, strong_view
 from udaseg.methods.teachers import frozen_copy
 from udaseg.registry import METHODS
@@ -72,13 +78,12 @@ class ProDADistill(Method):
         return {"teacher": self.teacher}
 
     def setup(self, ctx: SetupContext) -> None:
-        target = ctx.datasets.get("target")
-        if target is not None and getattr(target.config, "pseudo_labels", None) is None:
-            raise ConfigError(
-                "config key data.target.pseudo_labels: method proda_distill trains on the "
-                "previous stage's hard pseudo labels; write them with `udaseg pseudo-label "
-                "--policy threshold` and name their folder here"
-            )
+        require_pseudo_labels(
+            ctx,
+            "proda_distill",
+            "trains on the previous stage's hard pseudo labels; write them with "
+            "`udaseg pseudo-label --policy threshold`",
+        )
 
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         source, target = batch["source"], batch["target"]

@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 
-from udaseg.errors import ConfigError
 from udaseg.losses.segmentation import source_segmentation_loss
-from udaseg.methods.base import Method, SetupContext, StepContext, check_non_negative
+from udaseg.methods.base import (
+    Method,
+    SetupContext,
+    StepContext,
+    check_non_negative,
+    require_pseudo_labels,
+)
 from udaseg.registry import METHODS
 
 
@@ -38,12 +43,9 @@ class SelfTraining(Method):
     Config = SelfTrainingConfig
 
     def setup(self, ctx: SetupContext) -> None:
-        target = ctx.datasets.get("target")
-        if target is not None and getattr(target.config, "pseudo_labels", None) is None:
-            raise ConfigError(
-                "config key data.target.pseudo_labels: method self_training trains on pseudo "
-                "labels; write them with `udaseg pseudo-label` and name their folder here"
-            )
+        require_pseudo_labels(
+            ctx, "self_training", "trains on pseudo labels; write them with `udaseg pseudo-label`"
+        )
 
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         source, target = batch["source"], batch["target"]

@@ -31,7 +31,7 @@ from udaseg.losses.contrastive import (
     class_balanced_pixel_sample,
     supervised_pixel_contrastive_loss,
 )
-from udaseg.methods.base import SetupContext, StepContext
+from udaseg.methods.base import SetupContext, StepContext, new_layer_sgd, require_pseudo_labels
 from udaseg.methods.fda import FDA, FDAConfig
 from udaseg.models.projection import mlp_head, pixel_vectors
 from udaseg.registry import METHODS
@@ -162,15 +162,7 @@ class SupervisedContrastive(FDA):
 
     Config = SupervisedContrastiveConfig
     # The head starts from scratch: SGD at the DeepLab classifier's rate (10 x 2.5e-4).
-    default_optimizers = {
-        "projection": {
-            "name": "sgd",
-            "lr": 2.5e-3,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "head_lr_multiplier": 1.0,
-        }
-    }
+    default_optimizers = {"projection": new_layer_sgd(2.5e-3)}
 
     def __init__(self, config: Any, segmentor: nn.Module, label_space: Any) -> None:
         super().__init__(config, segmentor, label_space)
@@ -183,13 +175,12 @@ class SupervisedContrastive(FDA):
 
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
-        target = ctx.datasets.get("target")
-        if target is not None and getattr(target.config, "pseudo_labels", None) is None:
-            raise ConfigError(
-                "config key data.target.pseudo_labels: method supervised_contrastive contrasts "
-                "pixels by pseudo class; write them with model 1 and `udaseg pseudo-label` "
-                "(recipes/toy_supervised_contrastive.yaml) and name their folder here"
-            )
+        require_pseudo_labels(
+            ctx,
+            "supervised_contrastive",
+            "contrasts pixels by pseudo class; write them with model 1 and `udaseg pseudo-label` "
+            "(recipes/toy_supervised_contrastive.yaml)",
+        )
 
     def training_step(self, batch: dict[str, dict[str, Any]], ctx: StepContext) -> dict[str, Any]:
         scalars = super().training_step(batch, ctx)
