@@ -89,9 +89,18 @@ def main() -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="do not run source_only and adabn first"
     )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: tabulate the runs already finished in --out (every label, all of "
+        "--seeds finished), e.g. while the rest is still training",
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
+    if args.table_only:
+        print_table(finished_results(out, args.seeds), args.seeds, args.metric, out)
+        return
     jobs = []
     for entry in args.entries:
         if entry.startswith("recipe:"):
@@ -149,7 +158,34 @@ def main() -> None:
         for future in futures:
             results.extend(future.result())
 
-    table, summary = comparison_table(results, args.seeds, args.metric)
+    print_table(results, args.seeds, args.metric, out)
+
+
+def finished_results(out: Path, seeds: list[int]) -> list[dict]:
+    """The results of the labels under `out` whose every seed in `seeds` has finished."""
+    results = []
+    for directory in sorted(path for path in out.iterdir() if path.is_dir()):
+        finals = [directory / f"seed{seed}" / "eval" / "final.json" for seed in seeds]
+        if not all(final.is_file() for final in finals):
+            continue
+        for seed, final in zip(seeds, finals, strict=True):
+            evaluation = json.loads(final.read_text(encoding="utf-8"))
+            timing = final.parent.parent / "wall_seconds.txt"
+            results.append(
+                {
+                    "label": directory.name,
+                    "seed": seed,
+                    "miou": evaluation["miou"],
+                    "per_class_iou": evaluation["per_class_iou"],
+                    "seconds": float(timing.read_text()) if timing.is_file() else None,
+                }
+            )
+    return results
+
+
+def print_table(results: list[dict], seeds: list[int], metric: str, out: Path) -> None:
+    """Print the comparison table and write it with the raw numbers to <out>/summary.json."""
+    table, summary = comparison_table(results, seeds, metric)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(
