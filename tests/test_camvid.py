@@ -23,6 +23,7 @@ from udaseg.data.io import write_png
 from udaseg.data.label_spaces import CAMVID32_COLOURS, CAMVID32_TO_CITYSCAPES, CITYSCAPES19
 from udaseg.data.toy.generate import (
     MANIFEST,
+    TOY_VERSION,
     cache_key,
     dataset_configs,
     generate_toy,
@@ -222,7 +223,7 @@ def test_toy_camvid_layout_deterministic_and_same_images(camvid_toy: Path, tmp_p
 
 def test_cache_key_default_unchanged_and_camvid_distinct() -> None:
     arguments = (0, (128, 256), "synthia", 1500, 1500, 300, TargetStyle())
-    default = cache_key(*arguments)
+    default = cache_key(*arguments, 1)  # version 1's key from before the CamVid layout
     assert cache_key(*arguments, 1, "cityscapes") == default
     assert cache_key(*arguments, 1, "camvid") != default
 
@@ -242,9 +243,9 @@ def test_toy_root_scheme_names_the_camvid_target(monkeypatch: pytest.MonkeyPatch
     resolve_root("toy-camvid-v2://source")
     resolve_root("toy-synthia://source")
     assert calls == [
-        {"layout": "synthia", "version": 1, "target_layout": "camvid"},
+        {"layout": "synthia", "version": TOY_VERSION, "target_layout": "camvid"},
         {"layout": "gta5", "version": 2, "target_layout": "camvid"},
-        {"layout": "synthia", "version": 1, "target_layout": "cityscapes"},
+        {"layout": "synthia", "version": TOY_VERSION, "target_layout": "cityscapes"},
     ]
 
 

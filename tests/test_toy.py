@@ -51,7 +51,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def gta5_toy(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy") / "gta5"
-    generate_toy(out, seed=3, size=SIZE, workers=1, **COUNTS)
+    generate_toy(out, seed=3, size=SIZE, workers=1, version=1, **COUNTS)
     return out
 
 
@@ -86,7 +86,7 @@ def test_layout_files(gta5_toy: Path, synthia_toy: Path) -> None:
 
 def test_same_seed_same_bytes_any_worker_count(gta5_toy: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_toy(again, seed=3, size=SIZE, workers=2, **COUNTS)
+    generate_toy(again, seed=3, size=SIZE, workers=2, version=1, **COUNTS)
     assert _files(again) == _files(gta5_toy)
     manifest, reference = (json.loads((root / MANIFEST).read_text()) for root in (again, gta5_toy))
     del manifest["datasets"], reference["datasets"]  # they name the directory
@@ -160,7 +160,7 @@ def test_manifest(gta5_toy: Path, synthia_toy: Path) -> None:
     assert manifest["size"] == list(SIZE) and manifest["layout"] == "gta5"
     assert manifest["counts"] == {"source": 6, "target_train": 3, "target_val": 6}
     assert manifest["datasets"]["source"]["kind"] == "gta5"
-    assert manifest["target_style"] == TargetStyle().to_dict()
+    assert manifest["target_style"] == TargetStyle().to_dict() and manifest["version"] == 1
     for domain in ("source", "target_train", "target_val"):
         frequencies = manifest["class_frequencies"][domain]
         assert len(frequencies) == 20 and abs(sum(frequencies.values()) - 1) < 1e-3
@@ -292,7 +292,8 @@ def test_version1_unchanged() -> None:
     image, classes, _ = render_sample(0, "target_val", 2, SIZE, layout="synthia", version=1)
     assert _sample_digest(image, classes) == "705b026772eb2f41"
     # Version 1's cache key (a hash of its knobs) is the one it had before version 2.
-    assert cache_key(0, (128, 256), "gta5", 1500, 1500, 300, TargetStyle()) == "ad15c2a1c23af220"
+    key = cache_key(0, (128, 256), "gta5", 1500, 1500, 300, TargetStyle(), version=1)
+    assert key == "ad15c2a1c23af220"
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ from udaseg.errors import ConfigError, DataError
 # statistics undo half its gap). Version 2 adds a class-dependent, spatially varying shift
 # (`TargetStyle.version2()`, docs/toy-benchmark.md); its source images are version 1's.
 VERSIONS = (1, 2)
-TOY_VERSION = 1  # the version `toy://` roots and make-toy use when none is named
+TOY_VERSION = 2  # the version `toy://` roots and make-toy use when none is named
 
 
 def default_target_style(version: int) -> TargetStyle:
