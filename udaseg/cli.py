@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score a folder of prediction PNGs against Cityscapes-layout ground truth"),
     "make-toy": (
         "make_toy",
-        "write the embedded toy benchmark (GTA5/SYNTHIA + Cityscapes layouts)",
+        "write the embedded toy benchmark (GTA5/SYNTHIA + Cityscapes/CamVid layouts)",
     ),
     "print-config": ("print_config", "print a config with its parents and overrides resolved"),
     "report": ("report", "HTML report of runs: per-class IoU over seeds, curves, samples"),
