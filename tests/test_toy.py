@@ -388,3 +388,12 @@ def test_version2_knobs_scale_and_round_trip() -> None:
     half = style.scaled(0.5)
     assert 0 < half.cast_shadows < style.cast_shadows
     assert 1 < half.object_shape["car_height"] < style.object_shape["car_height"]
+
+
+def test_toy_subfolder_names_the_folder_of_every_toy_scheme() -> None:
+    from udaseg.data.datasets.base import toy_subfolder
+
+    assert toy_subfolder("toy://source") == "source"
+    assert toy_subfolder("toy-v1://target") == "target"
+    assert toy_subfolder("toy-synthia-camvid-v2://target") == "target"
+    assert toy_subfolder("/data/toy/source") is None

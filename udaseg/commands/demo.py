@@ -346,16 +346,16 @@ def _format_size(size: float) -> str:
 
 def _root_overrides(config, toy_dir: str | None) -> list[str]:
     """Overrides pointing the config's `toy://` dataset roots into `toy_dir`."""
-    from udaseg.data.datasets.base import TOY_SCHEMES
+    from udaseg.data.datasets.base import toy_subfolder
 
     if toy_dir is None:
         return []
     overrides = []
     for role in ("source", "target", "val"):
         section = getattr(config.data, role)
-        for scheme in TOY_SCHEMES:
-            if section is not None and section.root.startswith(scheme):
-                overrides.append(f"data.{role}.root={Path(toy_dir) / section.root[len(scheme) :]}")
+        sub = toy_subfolder(section.root) if section is not None else None
+        if sub is not None:
+            overrides.append(f"data.{role}.root={Path(toy_dir) / sub}")
     return overrides
 
 

@@ -51,10 +51,16 @@ PSEUDO_LABEL_IGNORE = 255
 # its default version; `toy-synthia://` is its SYNTHIA-layout variant, `-camvid` puts its target
 # in the CamVid-32 layout (`toy-synthia-camvid://`), and `toy-v1://`, `toy-v2://`,
 # `toy-synthia-v1://`... name a version explicitly.
-TOY_SCHEMES = {"toy://": "gta5", "toy-synthia://": "synthia"}
 _TOY_ROOT = re.compile(
     r"^toy(?P<synthia>-synthia)?(?P<camvid>-camvid)?(?:-v(?P<version>\d+))?://(?P<sub>.*)$"
 )
+
+
+def toy_subfolder(root: str) -> str | None:
+    """The folder a `toy[-synthia][-camvid][-vN]://<sub>` root names inside the benchmark
+    (`<sub>`), or None when `root` is not a toy root."""
+    match = _TOY_ROOT.match(root)
+    return None if match is None else match["sub"]
 
 
 def resolve_root(root: str) -> Path:
