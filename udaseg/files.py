@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from udaseg.errors import OutputError
+from udaseg.errors import ConfigError, OutputError
 
 # errno values that say "the place cannot be written", not "udaseg has a bug": the CLI reports
 # an OSError with one of these as one line naming the file.
@@ -147,3 +147,39 @@ def check_output_file(path: str | Path, option: str, overwrite: bool) -> Path:
         raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
     _check_writable_under(parent, path, option)
     return path
+
+
+def refuse_foreign_output(
+    out: Path,
+    recorded: dict | None,
+    settings: dict,
+    command: str,
+    holds: str,
+    label: str | None = None,
+) -> None:
+    """ConfigError (without --overwrite) when `out` holds another run's outputs or other files.
+
+    Args:
+        out: the output folder of a resumable command.
+        recorded: the settings the folder's earlier run recorded, or None if it recorded none.
+        settings: this run's settings; equal settings mean "resume", not "refuse".
+        command: the command's name, for the message (`udaseg <command>`).
+        holds: what the folder holds, completed by the differing setting, e.g.
+            "a translation made with another" -> "... another beta".
+        label: how the message names the folder (default: the path).
+    """
+    name = label or str(out)
+    if recorded is not None and recorded != settings:
+        differing = next(
+            (key for key in settings if recorded.get(key) != settings[key]), "settings"
+        )
+        replace = "it" if holds.startswith("a ") else "them"
+        raise ConfigError(
+            f"{name}: holds {holds} {differing}; pass --overwrite to replace {replace}, or choose "
+            "another --out"
+        )
+    if recorded is None and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"{name}: not empty and not written by `udaseg {command}`; pass --overwrite or "
+            "choose another --out"
+        )

@@ -54,7 +54,7 @@ from udaseg.engine.faults import maybe_kill
 from udaseg.engine.loading import LoadedModel, load_for_inference
 from udaseg.errors import ConfigError
 from udaseg.evaluation.inference import predict_with_protocol
-from udaseg.files import check_output_folder
+from udaseg.files import check_output_folder, refuse_foreign_output
 from udaseg.models.weights import sha256_of_file
 
 STATE_FOLDER = ".state"
@@ -363,19 +363,9 @@ def _prepare_output(
         if summary is not None:
             return summary
     if not overwrite:
-        if recorded is not None and not same:
-            differing = next(
-                (key for key in settings if recorded.get(key) != settings[key]), "settings"
-            )
-            raise ConfigError(
-                f"{out}: holds pseudo-labels made with other {differing}; pass --overwrite to "
-                "replace them, or choose another --out"
-            )
-        if recorded is None and out.is_dir() and any(out.iterdir()):
-            raise ConfigError(
-                f"{out}: not empty and not written by `udaseg pseudo-label`; pass --overwrite "
-                "or choose another --out"
-            )
+        refuse_foreign_output(
+            out, recorded, settings, "pseudo-label", "pseudo-labels made with other"
+        )
     # Every rank has read the old settings before rank 0 replaces them.
     barrier(context)
     if context.is_main and (overwrite or not same):

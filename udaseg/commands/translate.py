@@ -52,7 +52,12 @@ from udaseg.engine.distributed import all_reduce_scalars, barrier, init_distribu
 from udaseg.engine.faults import maybe_kill
 from udaseg.errors import ConfigError, DataError
 from udaseg.evaluation.report import write_json
-from udaseg.files import atomic_write, check_output_folder, remove_stale_temporary_files
+from udaseg.files import (
+    atomic_write,
+    check_output_folder,
+    refuse_foreign_output,
+    remove_stale_temporary_files,
+)
 
 MODES = ("fda", "generator")
 LABEL_MODES = ("link", "copy", "symlink")
@@ -425,19 +430,9 @@ def _prepare_output(
     if same and not overwrite and summary_path.is_file():
         return _read_json(summary_path)
     if not overwrite:
-        if recorded is not None and not same:
-            differing = next(
-                (key for key in settings if recorded.get(key) != settings[key]), "settings"
-            )
-            raise ConfigError(
-                f"--out {out}: holds a translation made with another {differing}; pass "
-                "--overwrite to replace it, or choose another --out"
-            )
-        if recorded is None and out.is_dir() and any(out.iterdir()):
-            raise ConfigError(
-                f"--out {out}: not empty and not written by `udaseg translate`; pass --overwrite "
-                "or choose another --out"
-            )
+        refuse_foreign_output(
+            out, recorded, settings, "translate", "a translation made with another", f"--out {out}"
+        )
     wait_for_all()
     if is_main:
         summary_path.unlink(missing_ok=True)
