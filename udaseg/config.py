@@ -218,6 +218,13 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps to run (the papers' early-stop iteration)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    # torch.compile of the segmentor and the method's other modules, in place (state_dict keys
+    # unchanged). Off by default: compiling costs minutes, which a short run never wins back.
+    compile: bool = False
+    # torch.optim's kernels: "default" is its choice (foreach on CUDA, a per-tensor loop on CPU),
+    # "foreach" batches the update over tensors, "fused" is one kernel (same update, other
+    # floating-point order).
+    optimizer_implementation: Literal["default", "foreach", "fused"] = "default"
     deterministic: bool = False  # deterministic kernels; needed for bit-exact resume on CPU
     accumulation_steps: int = 1  # micro-batches per optimizer step (the papers' iter_size)
     grad_clip_norm: float | None = None

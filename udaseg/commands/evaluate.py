@@ -52,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
         config.data.val, loaded.label_space, "val", image_size=config.eval.input_size
     )
     loader = eval_loader(
-        dataset, config.eval.batch_size, context.rank, context.world_size, config.data.num_workers
+        dataset,
+        config.eval.batch_size,
+        context.rank,
+        context.world_size,
+        config.data.num_workers,
+        pin_memory=context.device.type == "cuda",
     )
     started = time.time()
     result = evaluate(

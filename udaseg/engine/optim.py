@@ -9,14 +9,17 @@ from udaseg.config import OptimizerConfig, ScheduleConfig
 from udaseg.errors import ConfigError
 
 
-def build_optimizer(module: nn.Module, config: OptimizerConfig, name: str) -> torch.optim.Optimizer:
+def build_optimizer(
+    module: nn.Module, config: OptimizerConfig, name: str, implementation: str = "default"
+) -> torch.optim.Optimizer:
     """One optimizer for `module`, with the head at `head_lr_multiplier` x lr.
 
     A module that defines `param_groups() -> {"backbone": [...], "head": [...]}` gets two
     groups (the DeepLabV2 papers train the classifier at 10x lr); any other module one group
     of its trainable parameters. Each group remembers its multiplier so that the schedule
     keeps the ratio while decaying. `weight_decay_multipliers` scales the decay of the groups
-    it names.
+    it names. `implementation` ("default", "foreach" or "fused") picks torch.optim's kernels
+    (train.optimizer_implementation).
     """
     if hasattr(module, "param_groups"):
         named_groups = module.param_groups()
@@ -45,6 +48,7 @@ def build_optimizer(module: nn.Module, config: OptimizerConfig, name: str) -> to
         )
     if not groups:
         raise ConfigError(f"optim.{name}: module {name!r} has no trainable parameters")
+    kernels = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(implementation, {})
     if config.name == "sgd":
         return torch.optim.SGD(
             groups,
@@ -52,13 +56,14 @@ def build_optimizer(module: nn.Module, config: OptimizerConfig, name: str) -> to
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
+            **kernels,
         )
     if config.name == "adam":
         return torch.optim.Adam(
-            groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **kernels
         )
     return torch.optim.AdamW(
-        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **kernels
     )
 
 

@@ -204,9 +204,13 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
             f"config key optim.{missing[0]}: missing; method {config.method.name!r} trains {', '.join(trainable)}"
         )
     optimizers = {
-        name: build_optimizer(module, optimizer_configs[name], name)
+        name: build_optimizer(
+            module, optimizer_configs[name], name, config.train.optimizer_implementation
+        )
         for name, module in trainable.items()
     }
+    if config.train.compile:
+        compile_modules(method)
     scaler = torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16")
 
     start_step = 0
@@ -509,6 +513,8 @@ def _stream(
         rank=context.rank,
         world_size=context.world_size,
         num_workers=config.data.num_workers,
+        # Page-locked batches make the non_blocking copies to a GPU asynchronous.
+        pin_memory=context.device.type == "cuda",
     )
 
 
@@ -517,8 +523,29 @@ def _val_loader(config: Config, label_space: LabelSpace, context: DistributedCon
         return None
     dataset = build_dataset(config.data.val, label_space, "val", image_size=config.eval.input_size)
     return eval_loader(
-        dataset, config.eval.batch_size, context.rank, context.world_size, config.data.num_workers
+        dataset,
+        config.eval.batch_size,
+        context.rank,
+        context.world_size,
+        config.data.num_workers,
+        pin_memory=context.device.type == "cuda",
     )
+
+
+# torch.compile's backend for train.compile. The tests swap in "aot_eager" (the same graph
+# capture and autograd decomposition without inductor's code generation, which takes minutes).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_modules(method: Method) -> None:
+    """torch.compile every module of the method in place (train.compile).
+
+    In place (`nn.Module.compile`), so state_dict keys, checkpoints and the optimizers' parameters
+    are those of the uncompiled modules. Each new input shape (evaluation's, the last partial
+    batch) compiles once more; the first steps of a run pay the compilation.
+    """
+    for module in method.all_modules().values():
+        module.compile(backend=COMPILE_BACKEND)
 
 
 def _to_device(
