@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.engine_helpers import tiny_config, write_tiny_benchmark
-from udaseg.config import OptimizerConfig, config_from_dict
+from udaseg.config import EvalConfig, OptimizerConfig, config_from_dict
+from udaseg.data.datasets import build_dataset
 from udaseg.data.label_spaces import CITYSCAPES19
+from udaseg.data.loaders import eval_loader
 from udaseg.engine import trainer
 from udaseg.engine.checkpoint import read_checkpoint
 from udaseg.engine.optim import build_optimizer
 from udaseg.engine.trainer import train
+from udaseg.evaluation.evaluate import evaluate
 from udaseg.models import build_segmentor
 from udaseg.registry import METHODS
 
@@ -141,3 +145,36 @@ def test_compile_modules_compiles_every_module_in_place() -> None:
     for name, module in method.all_modules().items():
         assert module._compiled_call_impl is not None, f"{name} was not compiled"
         assert list(module.state_dict()) == keys[name]
+
+
+@pytest.mark.parametrize(
+    ("options", "largest_disagreement"),
+    [({"channels_last": True}, 0.0), ({"precision": "bf16"}, 0.02)],
+    ids=["channels_last", "bf16"],
+)
+def test_evaluation_speed_options_score_like_the_default(
+    options: dict, largest_disagreement: float, tiny_root: Path
+) -> None:
+    """The confusion matrix moves by at most `largest_disagreement` of the pixels (bf16 may flip
+    near-ties of argmax), the protocol records the precision, and logits stay float32."""
+    raw = tiny_config(tiny_root, tiny_root / "unused", method={"name": "source_only"})
+    config = config_from_dict(raw)
+    torch.manual_seed(0)
+    segmentor = build_segmentor(config.model, 19).eval()
+    dataset = build_dataset(config.data.val, CITYSCAPES19, "val")
+    seen_dtypes = []
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        logits = segmentor(images)["logits"]
+        seen_dtypes.append(logits.dtype)
+        return logits
+
+    default = evaluate(forward, eval_loader(dataset), CITYSCAPES19, EvalConfig(), "cpu")
+    faster = evaluate(forward, eval_loader(dataset), CITYSCAPES19, EvalConfig(**options), "cpu")
+    reference, other = np.asarray(default.confusion_matrix), np.asarray(faster.confusion_matrix)
+    assert reference.sum() == other.sum() > 0
+    moved = np.abs(reference - other).sum() / 2  # each moved pixel leaves one cell, enters one
+    assert moved <= largest_disagreement * reference.sum(), f"{moved} of {reference.sum()}"
+    assert faster.protocol["precision"] == options.get("precision", "fp32")
+    if "precision" in options:
+        assert torch.bfloat16 in seen_dtypes  # autocast did reach the network

@@ -265,6 +265,10 @@ class EvalConfig:
     # bicubic, antialiased, on the device: faster on a GPU, slightly different pixels.
     resize: Literal["pil", "torch"] = "pil"
     batch_size: int = 1
+    # The network's forward under autocast ("bf16", "fp16"); logits are upsampled and compared in
+    # float32 either way. Recorded with every score: it can flip near-tie pixels.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # images in channels_last memory format (same numbers, faster)
     subsets: list[str] | None = None  # mIoU subsets reported; None = all of the label space's
     max_images: int | None = None  # evaluate only the first N (quick checks; not for reporting)
 

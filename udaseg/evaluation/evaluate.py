@@ -32,6 +32,7 @@ def protocol_of(eval_config: EvalConfig) -> dict[str, Any]:
         "resize": eval_config.resize,
         "logits_upsampling": "bilinear to label resolution",
         "max_images": eval_config.max_images,
+        "precision": eval_config.precision,
     }
     if eval_config.mode == "slide":
         protocol["window"] = list(eval_config.window)

@@ -209,6 +209,20 @@ def predict_logits(
     return resize_logits(logits, _pair(output_size, "output_size"), align_corners)
 
 
+def _fast_forward(forward: Forward, precision: str, channels_last: bool) -> Forward:
+    """`forward` under autocast and/or on channels_last images; logits back in float32, so that
+    upsampling, softmax and argmax stay in float32 (eval.precision, eval.channels_last)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def wrapped(images: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+            return _call(forward, images)  # float32 logits
+
+    return wrapped
+
+
 def predict_with_protocol(
     forward: Forward,
     images: torch.Tensor,
@@ -229,6 +243,10 @@ def predict_with_protocol(
     Returns:
         float logits [B, C, output_height, output_width].
     """
+    precision = getattr(eval_config, "precision", "fp32")
+    channels_last = getattr(eval_config, "channels_last", False)
+    if precision != "fp32" or channels_last:
+        forward = _fast_forward(forward, precision, channels_last)
     return predict_logits(
         forward,
         images,
