@@ -57,6 +57,8 @@ def main() -> None:
     )
     parser.add_argument("--original-repo", required=True, type=Path)
     parser.add_argument("--size", default="256x512", help="HxW of source and target images")
+    parser.add_argument("--source-size", help="HxW of source images (default: --size)")
+    parser.add_argument("--target-size", help="HxW of target images (default: --size)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +71,10 @@ def main() -> None:
     from model.discriminator import FCDiscriminator  # noqa: PLC0415
 
     device = torch.device(args.device)
-    height, width = (int(part) for part in args.size.lower().split("x"))
+    source_size, target_size = (
+        tuple(int(part) for part in (size or args.size).lower().split("x"))
+        for size in (args.source_size, args.target_size)
+    )
     model = DeeplabMulti(num_classes=NUM_CLASSES).to(device).train()
     discriminator_aux = FCDiscriminator(num_classes=NUM_CLASSES).to(device).train()
     discriminator_main = FCDiscriminator(num_classes=NUM_CLASSES).to(device).train()
@@ -90,14 +95,12 @@ def main() -> None:
     adam_main = torch.optim.Adam(discriminator_main.parameters(), lr=1e-4, betas=(0.9, 0.99))
     lambda_seg, lambda_adv_aux, lambda_adv_main = 0.1, 0.0002, 0.001
 
-    source_images = torch.rand(1, 3, height, width, device=device) * 255
-    source_labels = torch.randint(0, NUM_CLASSES, (1, height, width), device=device)
-    target_images = torch.rand(1, 3, height, width, device=device) * 255
+    source_images = torch.rand(1, 3, *source_size, device=device) * 255
+    source_labels = torch.randint(0, NUM_CLASSES, (1, *source_size), device=device)
+    target_images = torch.rand(1, 3, *target_size, device=device) * 255
 
-    def upsample(logits: torch.Tensor) -> torch.Tensor:
-        return functional.interpolate(
-            logits, size=(height, width), mode="bilinear", align_corners=True
-        )
+    def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return functional.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
     def set_frozen(frozen: bool) -> None:
         for module in (discriminator_aux, discriminator_main):
@@ -116,11 +119,11 @@ def main() -> None:
             adam.zero_grad()
             adam.param_groups[0]["lr"] = discriminator_rate * factor
         set_frozen(True)
-        source_aux, source_main = (upsample(logits) for logits in model(source_images))
+        source_aux, source_main = (upsample(logits, source_size) for logits in model(source_images))
         loss = released_cross_entropy(source_main, source_labels)
         loss = loss + lambda_seg * released_cross_entropy(source_aux, source_labels)
         loss.backward()
-        target_aux, target_main = (upsample(logits) for logits in model(target_images))
+        target_aux, target_main = (upsample(logits, target_size) for logits in model(target_images))
         loss = lambda_adv_aux * bce(discriminator_aux(functional.softmax(target_aux, dim=1)), 0)
         loss = loss + lambda_adv_main * bce(
             discriminator_main(functional.softmax(target_main, dim=1)), 0
@@ -154,7 +157,8 @@ def main() -> None:
         json.dumps(
             {
                 "code": "wasidennis/AdaptSegNet (released model files)",
-                "size": [height, width],
+                "source_size": list(source_size),
+                "target_size": list(target_size),
                 "device": str(device)
                 if device.type == "cpu"
                 else torch.cuda.get_device_name(device),

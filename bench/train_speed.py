@@ -42,7 +42,7 @@ def main() -> None:
     step, settings = build_training_step(args)
     device = torch.device(args.device)
     total = args.warmup + args.steps
-    durations = []
+    durations, warmup_durations = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index in range(total):
@@ -52,8 +52,8 @@ def main() -> None:
         step(index, total)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if index >= args.warmup:
-            durations.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        (durations if index >= args.warmup else warmup_durations).append(elapsed)
 
     seconds = statistics.median(durations)
     if device.type == "cuda":
@@ -68,6 +68,9 @@ def main() -> None:
         "iterations_per_second": round(1.0 / seconds, 3),
         memory_kind: round(peak, 3),
         "timed_steps": len(durations),
+        # With --compile the first of these holds the compilation: the break-even of compiling
+        # is (its excess over a step) / (the uncompiled step - the compiled step).
+        "warmup_seconds": [round(value, 2) for value in warmup_durations],
         "min_median_max_seconds": [
             round(min(durations), 4),
             round(seconds, 4),
