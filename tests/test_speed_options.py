@@ -20,6 +20,7 @@ from udaseg.engine.checkpoint import read_checkpoint
 from udaseg.engine.optim import build_optimizer
 from udaseg.engine.trainer import train
 from udaseg.evaluation.evaluate import evaluate
+from udaseg.losses.segmentation import segmentation_loss
 from udaseg.models import build_segmentor
 from udaseg.registry import METHODS
 
@@ -178,3 +179,20 @@ def test_evaluation_speed_options_score_like_the_default(
     assert faster.protocol["precision"] == options.get("precision", "fp32")
     if "precision" in options:
         assert torch.bfloat16 in seen_dtypes  # autocast did reach the network
+
+
+def test_segmentation_loss_needs_no_host_sync_and_stays_float32() -> None:
+    """The mean over non-void pixels without testing for an all-void crop on the host; bf16
+    logits are upsampled and scored in float32."""
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]], requires_grad=True)  # [1, 2, 1, 2]
+    labels = torch.tensor([[[0, 255]]])
+    # One valid pixel with logits (2, 0) and class 0: -log(e^2 / (e^2 + 1)).
+    expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 1))
+    assert torch.allclose(segmentation_loss(logits, labels), expected)
+
+    void = segmentation_loss(logits, torch.full((1, 1, 2), 255))
+    void.backward()
+    assert void.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+    low = segmentation_loss(logits.detach().to(torch.bfloat16), labels)
+    assert low.dtype == torch.float32

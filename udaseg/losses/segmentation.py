@@ -42,11 +42,13 @@ def segmentation_loss(
         scalar: mean over non-void pixels (0 if every pixel is void, so an all-void crop
         cannot produce NaN).
     """
-    logits = upsample_logits(logits, tuple(labels.shape[-2:]), align_corners)
-    valid = labels != ignore_index
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    # float32 before upsampling: under bf16 autocast the upsampled logits and the loss would
+    # otherwise be rounded, which the papers' fp32 loss is not.
+    logits = upsample_logits(logits.float(), tuple(labels.shape[-2:]), align_corners)
+    # The mean over non-void pixels as sum / max(count, 1): no host sync to test for an
+    # all-void crop (a GPU would wait for it every step), and 0 rather than NaN for one.
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1)
 
 
 def source_segmentation_loss(
