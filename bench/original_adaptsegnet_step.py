@@ -32,6 +32,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,30 +52,19 @@ def released_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return functional.cross_entropy(pixels_last[mask].view(-1, classes), kept_labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--original-repo", required=True, type=Path)
-    parser.add_argument("--size", default="256x512", help="HxW of source and target images")
-    parser.add_argument("--source-size", help="HxW of source images (default: --size)")
-    parser.add_argument("--target-size", help="HxW of target images (default: --size)")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    model_file = args.original_repo / "model" / "deeplab_multi.py"
-    if not model_file.is_file():
-        sys.exit(f"--original-repo {args.original_repo}: no model/deeplab_multi.py there")
-    sys.path.insert(0, str(args.original_repo))
+def build_original_step(
+    original_repo: Path,
+    source_size: tuple[int, int],
+    target_size: tuple[int, int],
+    device: torch.device,
+) -> Callable[[int], None]:
+    """The released multi-level step on random images: step(index) runs iteration `index`."""
+    if not (original_repo / "model" / "deeplab_multi.py").is_file():
+        sys.exit(f"--original-repo {original_repo}: no model/deeplab_multi.py there")
+    sys.path.insert(0, str(original_repo))
     from model.deeplab_multi import DeeplabMulti  # noqa: PLC0415 (the released file)
     from model.discriminator import FCDiscriminator  # noqa: PLC0415
 
-    device = torch.device(args.device)
-    source_size, target_size = (
-        tuple(int(part) for part in (size or args.size).lower().split("x"))
-        for size in (args.source_size, args.target_size)
-    )
     model = DeeplabMulti(num_classes=NUM_CLASSES).to(device).train()
     discriminator_aux = FCDiscriminator(num_classes=NUM_CLASSES).to(device).train()
     discriminator_main = FCDiscriminator(num_classes=NUM_CLASSES).to(device).train()
@@ -138,6 +128,28 @@ def main() -> None:
         adam_aux.step()
         adam_main.step()
 
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--original-repo", required=True, type=Path)
+    parser.add_argument("--size", default="256x512", help="HxW of source and target images")
+    parser.add_argument("--source-size", help="HxW of source images (default: --size)")
+    parser.add_argument("--target-size", help="HxW of target images (default: --size)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    source_size, target_size = (
+        tuple(int(part) for part in (size or args.size).lower().split("x"))
+        for size in (args.source_size, args.target_size)
+    )
+    step = build_original_step(args.original_repo, source_size, target_size, device)
     durations = []
     for index in range(args.warmup + args.steps):
         if device.type == "cuda":
