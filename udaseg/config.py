@@ -187,8 +187,18 @@ class OptimizerConfig:
     # This optimizer's own schedule; None follows the top-level `schedule` (the papers decay
     # the discriminators' Adam with the segmentor's poly; BDL's translation GANs do not).
     schedule: ScheduleConfig | None = None
+    # The released AdaptSegNet and ADVENT code lists each backbone tensor once per module that
+    # contains it (optim_parameters walks modules() and then their recursive parameters()), and
+    # SGD applies every listed copy: stem 1x, block convs 3x, downsample convs 4x per step. True
+    # reproduces that (SGD only; see docs/methods/adaptsegnet.md); False updates each once.
+    repeated_backbone_updates: bool = False
 
     def validate(self) -> None:
+        if self.repeated_backbone_updates and self.name != "sgd":
+            raise ConfigError(
+                f"repeated_backbone_updates: the released code's quirk is an SGD one; "
+                f"optimizer {self.name!r} does not have it"
+            )
         # lr 0 is allowed: it freezes the module's weights while BN statistics still move.
         check_range(self, "lr", minimum=0)
         check_range(self, "momentum", minimum=0, below=1)

@@ -49,6 +49,26 @@ def build_optimizer(
     if not groups:
         raise ConfigError(f"optim.{name}: module {name!r} has no trainable parameters")
     kernels = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(implementation, {})
+    if config.repeated_backbone_updates:
+        if not hasattr(module, "param_groups"):
+            raise ConfigError(
+                f"optim.{name}.repeated_backbone_updates: module {name!r} has no backbone "
+                "parameter group (only DeepLabV2 segmentors have the released code's quirk)"
+            )
+        names = {id(parameter): name for name, parameter in module.named_parameters()}
+        for group in groups:
+            group["repeats"] = [
+                released_repeats(names[id(parameter)]) if group["name"] == "backbone" else 1
+                for parameter in group["params"]
+            ]
+        return RepeatedUpdateSGD(
+            groups,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            **kernels,
+        )
     if config.name == "sgd":
         return torch.optim.SGD(
             groups,
@@ -65,6 +85,50 @@ def build_optimizer(
     return torch.optim.AdamW(
         groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **kernels
     )
+
+
+def released_repeats(name: str) -> int:
+    """How often the released AdaptSegNet/ADVENT optimizer lists a backbone parameter.
+
+    Their optim_parameters() walks each of conv1, bn1, layer1..4 with modules() and yields every
+    module's recursive parameters(), so a tensor appears once per module on its path:
+    "conv1.weight" once, "layer1.0.conv1.weight" 3 times (layer1, layer1.0, layer1.0.conv1),
+    "layer1.0.downsample.0.weight" 4 times. udaseg's DeepLabV2 keeps the released names.
+    """
+    return name.count(".")
+
+
+class RepeatedUpdateSGD(torch.optim.SGD):
+    """SGD that applies each parameter's update `repeats` times per step, as the released
+    AdaptSegNet/ADVENT code does with its repeated parameter list (`repeats` per group, one
+    count per parameter).
+
+    Each repetition is a whole SGD update with the same gradient: weight decay reads the weight
+    as the previous repetition left it and the momentum buffer is updated every time, starting
+    at the gradient. That is what the SGD of PyTorch 0.2-0.4, which the papers ran, did with a
+    parameter listed several times (a first step moves a 3-copy weight 1 + 1.9 + 2.71 = 5.61
+    gradients at momentum 0.9). Today's torch.optim.SGD differs on the first step, where each
+    copy starts its own buffer, so it is not used with repeated lists.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        everything = [group["params"] for group in self.param_groups]
+        most = max((max(group["repeats"], default=1) for group in self.param_groups), default=1)
+        try:
+            for repetition in range(most):
+                for group, parameters in zip(self.param_groups, everything, strict=True):
+                    group["params"] = [
+                        parameter
+                        for parameter, repeats in zip(parameters, group["repeats"], strict=True)
+                        if repeats > repetition
+                    ]
+                super().step()
+        finally:
+            for group, parameters in zip(self.param_groups, everything, strict=True):
+                group["params"] = parameters
+        return loss
 
 
 def lr_factor(step: int, schedule: ScheduleConfig, train_steps: int) -> float:
