@@ -23,6 +23,7 @@ from udaseg.data.label_spaces import get_label_space  # noqa: E402
 from udaseg.engine.optim import build_optimizer  # noqa: E402
 from udaseg.engine.trainer import TrainContext, _optimizer_configs, compile_modules  # noqa: E402
 from udaseg.models import build_segmentor  # noqa: E402
+from udaseg.models.kernels import route_pointwise_convolutions_to_onednn  # noqa: E402
 from udaseg.registry import METHODS  # noqa: E402
 
 
@@ -72,6 +73,9 @@ def build_training_step(args: argparse.Namespace) -> tuple[Callable[[int, int], 
     method = method_class(config.method, segmentor, label_space)
     memory_format = torch.channels_last if args.channels_last else None
     method.to(device, memory_format)
+    if memory_format is not None and device.type == "cpu":  # as the trainer does
+        for module in method.all_modules().values():
+            route_pointwise_convolutions_to_onednn(module)
     method.train(True)
     trainable = method.trainable_modules()
     optimizer_configs = _optimizer_configs(config, method_class, trainable)

@@ -46,6 +46,7 @@ from udaseg.evaluation.report import format_table, result_title, write_json
 from udaseg.files import check_output_folder, remove_stale_temporary_files
 from udaseg.methods.base import Method, SetupContext
 from udaseg.models import build_segmentor
+from udaseg.models.kernels import route_pointwise_convolutions_to_onednn
 from udaseg.registry import METHODS
 
 # Config keys that may change when a run is resumed: they do not alter the trajectory.
@@ -196,6 +197,9 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
         initialise_modules(config.init, method.all_modules())
     memory_format = torch.channels_last if config.train.channels_last else None
     method.to(context.device, memory_format)
+    if memory_format is not None and context.device.type == "cpu":
+        for module in method.all_modules().values():
+            route_pointwise_convolutions_to_onednn(module)
     trainable = method.trainable_modules()
     optimizer_configs = _optimizer_configs(config, method_class, trainable)
     missing = [name for name in trainable if name not in optimizer_configs]
