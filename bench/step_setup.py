@@ -20,10 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from udaseg.config import load_config  # noqa: E402
 from udaseg.data.label_spaces import get_label_space  # noqa: E402
-from udaseg.engine.optim import build_optimizer  # noqa: E402
-from udaseg.engine.trainer import TrainContext, _optimizer_configs, compile_modules  # noqa: E402
+from udaseg.engine.trainer import TrainContext, prepare_for_training  # noqa: E402
 from udaseg.models import build_segmentor  # noqa: E402
-from udaseg.models.kernels import route_pointwise_convolutions_to_onednn  # noqa: E402
 from udaseg.registry import METHODS  # noqa: E402
 
 
@@ -63,6 +61,7 @@ def build_training_step(args: argparse.Namespace) -> tuple[Callable[[int, int], 
         f"model.depth={args.depth}",
         f"model.multi_level={str(args.multi_level).lower()}",
         f"train.compile={str(args.compile).lower()}",
+        f"train.channels_last={str(args.channels_last).lower()}",
         f"train.optimizer_implementation={args.optimizer_implementation}",
         *args.overrides,
     ]
@@ -71,22 +70,8 @@ def build_training_step(args: argparse.Namespace) -> tuple[Callable[[int, int], 
     segmentor = build_segmentor(config.model, label_space.num_classes, load_weights=False)
     method_class = METHODS.get(config.method.name)
     method = method_class(config.method, segmentor, label_space)
-    memory_format = torch.channels_last if args.channels_last else None
-    method.to(device, memory_format)
-    if memory_format is not None and device.type == "cpu":  # as the trainer does
-        for module in method.all_modules().values():
-            route_pointwise_convolutions_to_onednn(module)
+    memory_format, _, optimizers = prepare_for_training(config, method, method_class, device)
     method.train(True)
-    trainable = method.trainable_modules()
-    optimizer_configs = _optimizer_configs(config, method_class, trainable)
-    optimizers = {
-        name: build_optimizer(
-            module, optimizer_configs[name], name, config.train.optimizer_implementation
-        )
-        for name, module in trainable.items()
-    }
-    if config.train.compile:
-        compile_modules(method)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
     def batch(size: tuple[int, int], labelled: bool) -> dict[str, torch.Tensor]:

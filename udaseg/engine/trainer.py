@@ -195,26 +195,10 @@ def train(config: Config, resume: bool | str | None = None, device: str = "auto"
     method: Method = method_class(config.method, segmentor, label_space)
     if payload is None:
         initialise_modules(config.init, method.all_modules())
-    memory_format = torch.channels_last if config.train.channels_last else None
-    method.to(context.device, memory_format)
-    if memory_format is not None and context.device.type == "cpu":
-        for module in method.all_modules().values():
-            route_pointwise_convolutions_to_onednn(module)
+    memory_format, optimizer_configs, optimizers = prepare_for_training(
+        config, method, method_class, context.device
+    )
     trainable = method.trainable_modules()
-    optimizer_configs = _optimizer_configs(config, method_class, trainable)
-    missing = [name for name in trainable if name not in optimizer_configs]
-    if missing:
-        raise ConfigError(
-            f"config key optim.{missing[0]}: missing; method {config.method.name!r} trains {', '.join(trainable)}"
-        )
-    optimizers = {
-        name: build_optimizer(
-            module, optimizer_configs[name], name, config.train.optimizer_implementation
-        )
-        for name, module in trainable.items()
-    }
-    if config.train.compile:
-        compile_modules(method)
     scaler = torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16")
 
     start_step = 0
@@ -534,6 +518,39 @@ def _val_loader(config: Config, label_space: LabelSpace, context: DistributedCon
         config.data.num_workers,
         pin_memory=context.device.type == "cuda",
     )
+
+
+def prepare_for_training(
+    config: Config, method: Method, method_class: type, device: torch.device
+) -> tuple[torch.memory_format | None, dict, dict[str, torch.optim.Optimizer]]:
+    """Move the method's modules to the device with the speed settings of `train:`, then build
+    one optimizer per trainable module (bench/step_setup.py times steps prepared this way).
+
+    Returns:
+        (the images' memory format or None, the optimizer configs, the optimizers by name).
+    """
+    memory_format = torch.channels_last if config.train.channels_last else None
+    method.to(device, memory_format)
+    if memory_format is not None and device.type == "cpu":
+        for module in method.all_modules().values():
+            route_pointwise_convolutions_to_onednn(module)
+    trainable = method.trainable_modules()
+    optimizer_configs = _optimizer_configs(config, method_class, trainable)
+    missing = [name for name in trainable if name not in optimizer_configs]
+    if missing:
+        raise ConfigError(
+            f"config key optim.{missing[0]}: missing; method {config.method.name!r} trains "
+            f"{', '.join(trainable)}"
+        )
+    optimizers = {
+        name: build_optimizer(
+            module, optimizer_configs[name], name, config.train.optimizer_implementation
+        )
+        for name, module in trainable.items()
+    }
+    if config.train.compile:
+        compile_modules(method)
+    return memory_format, optimizer_configs, optimizers
 
 
 # torch.compile's backend for train.compile. The tests swap in "aot_eager" (the same graph
