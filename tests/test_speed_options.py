@@ -22,7 +22,6 @@ from udaseg.engine.trainer import train
 from udaseg.evaluation.evaluate import evaluate
 from udaseg.losses.segmentation import segmentation_loss
 from udaseg.models import build_segmentor
-from udaseg.models.kernels import route_pointwise_convolutions_to_onednn
 from udaseg.registry import METHODS
 
 # Relative size of the difference between two runs' weight updates (see _update_difference).
@@ -197,34 +196,3 @@ def test_segmentation_loss_needs_no_host_sync_and_stays_float32() -> None:
 
     low = segmentation_loss(logits.detach().to(torch.bfloat16), labels)
     assert low.dtype == torch.float32
-
-
-def test_pointwise_convolutions_routed_to_onednn_compute_the_same() -> None:
-    """Every stride-1 1x1 convolution is routed (and nothing else), outputs and gradients agree to float32
-    rounding, and under autocast the ordinary bf16 path runs."""
-    config = config_from_dict(tiny_config(Path("root"), Path("run")))
-    torch.manual_seed(0)
-    reference = build_segmentor(config.model, 19).eval()
-    routed = build_segmentor(config.model, 19).eval()
-    routed.load_state_dict(reference.state_dict())
-    pointwise = [
-        module
-        for module in routed.modules()
-        # Strided 1x1 convolutions already get oneDNN from PyTorch.
-        if isinstance(module, torch.nn.Conv2d)
-        and module.kernel_size == (1, 1)
-        and module.stride == (1, 1)
-    ]
-    assert route_pointwise_convolutions_to_onednn(routed) == len(pointwise) > 0
-    images = (torch.rand(2, 3, 32, 48) * 255).contiguous(memory_format=torch.channels_last)
-    expected, got = reference(images)["logits"], routed(images)["logits"]
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-    expected.square().mean().backward()
-    got.square().mean().backward()
-    for (name, first), second in zip(
-        reference.named_parameters(), routed.parameters(), strict=True
-    ):
-        if first.grad is not None:
-            assert torch.allclose(second.grad, first.grad, rtol=1e-4, atol=1e-6), name
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert routed(images)["logits"].dtype == torch.bfloat16

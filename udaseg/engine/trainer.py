@@ -46,7 +46,6 @@ from udaseg.evaluation.report import format_table, result_title, write_json
 from udaseg.files import check_output_folder, remove_stale_temporary_files
 from udaseg.methods.base import Method, SetupContext
 from udaseg.models import build_segmentor
-from udaseg.models.kernels import route_pointwise_convolutions_to_onednn
 from udaseg.registry import METHODS
 
 # Config keys that may change when a run is resumed: they do not alter the trajectory.
@@ -531,9 +530,6 @@ def prepare_for_training(
     """
     memory_format = torch.channels_last if config.train.channels_last else None
     method.to(device, memory_format)
-    if memory_format is not None and device.type == "cpu":
-        for module in method.all_modules().values():
-            route_pointwise_convolutions_to_onednn(module)
     trainable = method.trainable_modules()
     optimizer_configs = _optimizer_configs(config, method_class, trainable)
     missing = [name for name in trainable if name not in optimizer_configs]
