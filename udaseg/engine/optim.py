@@ -55,10 +55,14 @@ def build_optimizer(
                 f"optim.{name}.repeated_backbone_updates: module {name!r} has no backbone "
                 "parameter group (only DeepLabV2 segmentors have the released code's quirk)"
             )
-        names = {id(parameter): name for name, parameter in module.named_parameters()}
+        parameter_names = {
+            id(parameter): parameter_name for parameter_name, parameter in module.named_parameters()
+        }
         for group in groups:
             group["repeats"] = [
-                released_repeats(names[id(parameter)]) if group["name"] == "backbone" else 1
+                released_repeats(parameter_names[id(parameter)])
+                if group["name"] == "backbone"
+                else 1
                 for parameter in group["params"]
             ]
         return RepeatedUpdateSGD(
@@ -113,7 +117,10 @@ class RepeatedUpdateSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():  # as torch.optim.SGD: a closure recomputes the loss
+                loss = closure()
         everything = [group["params"] for group in self.param_groups]
         most = max((max(group["repeats"], default=1) for group in self.param_groups), default=1)
         try:
