@@ -80,6 +80,18 @@ def test_extends_merges_and_child_wins(tmp_path: Path) -> None:
     assert config.train.log_every == 5
 
 
+def test_null_entry_removes_a_named_section_entry(tmp_path: Path) -> None:
+    optim = "optim:\n  segmentor: {lr: 0.01}\n  discriminator: {name: adam, lr: 0.001}\n"
+    parent = optim + "init:\n  teacher: a.pt\n"
+    write(tmp_path / "parent.yaml", parent)
+    child = write(tmp_path / "child.yaml", "extends: parent.yaml\noptim:\n  discriminator: null\n")
+    config = load_config(child)
+    assert "discriminator" not in config.optim and "segmentor" in config.optim
+    assert config.init == {"teacher": "a.pt"}
+    assert load_config(tmp_path / "parent.yaml", ["init.teacher=null"]).init == {}
+    assert load_config(tmp_path / "parent.yaml").optim["discriminator"].lr == 0.001
+
+
 def test_extends_chain_and_cycle(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", "seed: 1\n")
     write(tmp_path / "b.yaml", "extends: a.yaml\ntrain: {steps: 7}\n")
@@ -156,10 +168,32 @@ SHIPPED_RECIPES = sorted(RECIPES.glob("*.yaml"))
 )
 def test_every_shipped_config_validates(path: Path) -> None:
     config = load_config(path)
-    # Every trainable module a method declares needs an optimizer entry; checked here through
-    # the method's defaults so that a shipped config cannot fail at the start of training.
     assert config.data.label_space
     assert config.train.steps > 0
+    check_optimizers_fit_the_method(config)
+
+
+def check_optimizers_fit_the_method(config) -> None:
+    """Build the method on a tiny member of the config's model and resolve its optimizers as
+    the trainer does: an `optim.<name>` inherited from a parent config for a module this method
+    lacks would otherwise only fail at the start of a (long) run."""
+    import dataclasses
+
+    from udaseg.data.label_spaces import get_label_space
+    from udaseg.engine.trainer import _optimizer_configs
+    from udaseg.models import build_segmentor
+    from udaseg.registry import METHODS
+
+    fields = {field.name for field in dataclasses.fields(config.model)}
+    tiny = {"init": None, "released": None}
+    if "blocks" in fields:
+        tiny.update(blocks=(1, 1, 1, 1), width=4)
+    label_space = get_label_space(config.data.label_space)
+    segmentor = build_segmentor(dataclasses.replace(config.model, **tiny), label_space.num_classes)
+    method_class = METHODS.get(config.method.name)
+    method = method_class(config.method, segmentor, label_space)
+    chosen = _optimizer_configs(config, method_class, method.trainable_modules())
+    assert set(chosen) == set(method.trainable_modules())
 
 
 @pytest.mark.parametrize(
@@ -181,3 +215,4 @@ def test_every_shipped_recipe_is_consistent(path: Path) -> None:
         ]
         config = config_from_dict(apply_overrides(load_raw(stage.spec), overrides))
         assert config.train.steps > 0
+        check_optimizers_fit_the_method(config)

@@ -426,8 +426,12 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {path}: expected a mapping, got {value!r}")
+        # A null entry removes what a parent config set (`optim.discriminator: null` in a config
+        # that extends one whose method had a discriminator) instead of filling in defaults.
         return {
-            str(key): _convert(args[1], item, _join(path, str(key))) for key, item in value.items()
+            str(key): _convert(args[1], item, _join(path, str(key)))
+            for key, item in value.items()
+            if item is not None
         }
     if annotation is bool:
         if not isinstance(value, bool):
