@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from torch import nn
 
 from tests.engine_helpers import TINY_MODEL, RecordingContext
-from tests.fake_layouts import write_cityscapes
+from tests.fake_layouts import write_cityscapes, write_gta5_to_cityscapes
 from udaseg.augment import _photometric_op, randaugment_photometric
 from udaseg.config import from_dict
 from udaseg.data.datasets import build_dataset
@@ -35,7 +35,7 @@ from udaseg.losses.proda import (
 from udaseg.methods.base import SetupContext
 from udaseg.models import build_segmentor
 from udaseg.models.deeplabv2 import DeepLabV2Config
-from udaseg.models.weights import load_init_weights
+from udaseg.models.weights import load_init_weights, load_released_checkpoint
 from udaseg.recipes import load_recipe
 from udaseg.registry import METHODS
 
@@ -524,6 +524,137 @@ def test_simclr_init_loads_into_the_backbone(layout: str, tmp_path: Path) -> Non
     for key, value in head_before.items():
         assert torch.equal(state[key], value), f"{key}: the head keeps its random init"
     assert "SimCLRv2" in report.renaming if layout == "simclrv2_pytorch" else True
+
+
+# --- --bn_clr: the extra BatchNorm on layer4's output (REFERENCE §1.4) --------------------------
+
+
+def bn_clr_model(enabled: bool = True, **overrides) -> torch.nn.Module:
+    config = {**TINY_MODEL, "head": "proda", "bn": "trainable", "layer4_output_bn": enabled}
+    torch.manual_seed(0)
+    return build_segmentor(from_dict(DeepLabV2Config, {**config, **overrides}), 19)
+
+
+def test_layer4_output_bn_normalises_what_the_head_reads() -> None:
+    with_bn, without = bn_clr_model(True), bn_clr_model(False)
+    state = with_bn.state_dict()
+    assert state["bn_pretrain.weight"].shape == (128,)  # 4 x width 4 x 8 = layer4's channels
+    assert "bn_pretrain.running_var" in state and "bn_pretrain.weight" not in without.state_dict()
+    without.load_state_dict({k: v for k, v in state.items() if not k.startswith("bn_pretrain.")})
+    with torch.no_grad():
+        with_bn.bn_pretrain.weight.fill_(2.0)
+        with_bn.bn_pretrain.bias.fill_(1.0)
+        with_bn.bn_pretrain.running_mean.fill_(0.5)
+        with_bn.bn_pretrain.running_var.fill_(4.0)
+    with_bn.eval(), without.eval()
+    # A ProDA head with dropout before its classifier: compare layer4 through the aspp_sum path
+    # of the same body instead, where `features` is what the classifier reads.
+    images = torch.rand(1, 3, 32, 48) * 255
+    with torch.no_grad():
+        layer4 = without.forward_stages(without.normalize(images))[1]
+        normalised = with_bn.bn_pretrain(layer4)
+        by_hand = (layer4 - 0.5) / math.sqrt(4.0 + 1e-5) * 2.0 + 1.0
+        assert torch.allclose(normalised, by_hand, atol=1e-5)
+        expected = without.layer5(normalised)
+        assert torch.allclose(with_bn(images)["logits"], expected, atol=1e-6)
+        assert not torch.allclose(without(images)["logits"], expected, atol=1e-3)
+
+
+def test_layer4_output_bn_trains_with_the_head_as_in_get_10x_lr_params() -> None:
+    groups = bn_clr_model().param_groups()
+    head_ids = {id(p) for p in groups["head"]}
+    model = bn_clr_model()
+    groups = model.param_groups()
+    head_ids = {id(p) for p in groups["head"]}
+    assert {id(p) for p in model.bn_pretrain.parameters()} <= head_ids
+    assert not head_ids & {id(p) for p in groups["backbone"]}
+    # In the papers' half-frozen BN mode the extra BN's affine is frozen like every other BN.
+    assert not bn_clr_model(bn="half_frozen").bn_pretrain.weight.requires_grad
+
+
+def test_released_bn_clr_checkpoint_loads_and_hints_both_ways(tmp_path: Path) -> None:
+    released = bn_clr_model()
+    with torch.no_grad():
+        released.bn_pretrain.running_mean.uniform_()
+    # ProDA's .pkl wrapper: {'ResNet101': {'model_state': ...}} (REFERENCE §1.3).
+    path = tmp_path / "from_gta5_to_cityscapes_on_deeplabv2_best_model.pkl"
+    torch.save({"ResNet101": {"model_state": released.state_dict()}}, path)
+    model = bn_clr_model()
+    load_released_checkpoint(model, path)
+    assert torch.equal(model.bn_pretrain.running_mean, released.bn_pretrain.running_mean)
+    with pytest.raises(Exception, match=r"set model\.layer4_output_bn=true"):
+        load_released_checkpoint(bn_clr_model(False), path)
+    torch.save(bn_clr_model(False).state_dict(), tmp_path / "stage1.pkl")
+    with pytest.raises(Exception, match=r"set model\.layer4_output_bn=false"):
+        load_released_checkpoint(bn_clr_model(), tmp_path / "stage1.pkl")
+
+
+def test_init_file_without_bn_pretrain_leaves_it_at_identity(tmp_path: Path) -> None:
+    backbone = {
+        k: v + 0.5 if v.is_floating_point() else v
+        for k, v in bn_clr_model(False).state_dict().items()
+        if not k.startswith("layer5.")
+    }
+    torch.save({"state_dict": backbone}, tmp_path / "r101_1x_sk0.pth")
+    model = bn_clr_model()
+    load_init_weights(model, tmp_path / "r101_1x_sk0.pth")
+    assert torch.equal(
+        model.state_dict()["layer4.0.conv1.weight"], backbone["layer4.0.conv1.weight"]
+    )
+    # As ProDA: weight 1, bias 0, running mean 0 and variance 1.
+    assert torch.equal(model.bn_pretrain.weight, torch.ones(128))
+    assert torch.equal(model.bn_pretrain.running_var, torch.ones(128))
+
+
+@pytest.mark.parametrize(("option", "teacher_has_bn"), [(None, True), (False, False), (True, True)])
+def test_distill_teacher_follows_ema_bn(option: bool | None, teacher_has_bn: bool) -> None:
+    student = bn_clr_model()
+    method_class = METHODS.get("proda_distill")
+    config = from_dict(method_class.Config, {"teacher_layer4_output_bn": option})
+    method = method_class(config, student, CITYSCAPES19)
+    assert (method.teacher.bn_pretrain is not None) == teacher_has_bn
+    assert student.bn_pretrain is not None  # the student keeps its own
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    # Stage 2 (no --ema_bn): the stage-1 model's state_dict fits the teacher exactly.
+    stage1 = bn_clr_model(False).state_dict()
+    if not teacher_has_bn:
+        method.teacher.load_state_dict(stage1)
+    # A student without the BN and a teacher that wants one (a --bn_clr stage as teacher).
+    plain = method_class(
+        from_dict(method_class.Config, {"teacher_layer4_output_bn": True}),
+        bn_clr_model(False),
+        CITYSCAPES19,
+    )
+    assert plain.teacher.bn_pretrain is not None and plain.segmentor.bn_pretrain is None
+    assert not any(p.requires_grad for p in plain.teacher.parameters())
+
+
+def test_gta_recipe_runs_on_tiny_files_in_the_real_layouts(tmp_path: Path) -> None:
+    """Every stage of recipes/proda_gta5_cityscapes.yaml, on tiny GTA5/Cityscapes files: stage 2
+    trains a --bn_clr student against the stage-1 teacher, stage 3 one with --ema_bn."""
+    from udaseg.recipes import run_recipe
+
+    overrides = write_gta5_to_cityscapes(tmp_path)
+    overrides = [item for item in overrides if not item.startswith(("run_dir=", "train.steps"))]
+    overrides += [
+        "train.steps=1",
+        "train.eval_at_end=false",
+        "data.batch_size=1",  # ProDA's 4, over 3 tiny GTA5 files
+        "data.source.crop=[32,48]",
+        "data.target.crop=[32,48]",
+        "eval.input_size=[32,64]",
+    ]
+    recipe = load_recipe(CONFIGS / "recipes" / "proda_gta5_cityscapes.yaml", tmp_path / "recipe")
+    for stage in recipe.stages:
+        stage.overrides.pop("eval.input_size", None)  # full resolution, shrunk with the images
+    results = run_recipe(recipe, overrides, device="cpu")
+    assert [result.name for result in results][-1] == "stage1_no_structure"
+    stage2 = torch.load(tmp_path / "recipe" / "stage2" / "checkpoints" / "last.pt")
+    stage3 = torch.load(tmp_path / "recipe" / "stage3" / "checkpoints" / "last.pt")
+    assert "bn_pretrain.weight" in stage2["modules"]["segmentor"]
+    assert "bn_pretrain.weight" not in stage2["modules"]["teacher"]
+    assert "bn_pretrain.weight" in stage3["modules"]["teacher"]
+    assert stage3["config"]["method"]["teacher_layer4_output_bn"] is True
 
 
 # --- shipped configs -------------------------------------------------------------------------

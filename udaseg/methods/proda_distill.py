@@ -54,6 +54,10 @@ class ProDADistillConfig:
     strong_magnitude: int = 10
     cutout_fraction: float = 1.0 / 3.0  # CutoutAbs side = min(H, W) x this
     cutout_fill: float = 127.0
+    # --ema_bn: whether the teacher carries the extra layer4 BatchNorm (`model.layer4_output_bn`,
+    # --bn_clr). ProDA's stage-2 teacher (the stage-1 model) has none, its stage-3 teacher (a
+    # --bn_clr stage-2 student) has one. None: as the student.
+    teacher_layer4_output_bn: bool | None = None
 
     def validate(self) -> None:
         check_non_negative(self, "lambda_seg_aux", "lambda_distillation", "sce_alpha", "sce_beta")
@@ -73,6 +77,15 @@ class ProDADistill(Method):
         super().__init__(config, segmentor, label_space)
         # Replaced by the previous stage's weights through `init.teacher` on a fresh start.
         self.teacher = frozen_copy(segmentor)
+        wanted = config.teacher_layer4_output_bn
+        if wanted is not None and wanted != (getattr(segmentor, "bn_pretrain", None) is not None):
+            if not hasattr(self.teacher, "set_layer4_output_bn"):
+                raise ConfigError(
+                    "method.teacher_layer4_output_bn: only model.name=deeplabv2 has the extra "
+                    "layer4 BatchNorm; leave it unset"
+                )
+            self.teacher.set_layer4_output_bn(wanted)
+            self.teacher.requires_grad_(False)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}

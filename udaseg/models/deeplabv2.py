@@ -25,7 +25,7 @@ from torch import nn
 
 from udaseg.errors import ConfigError
 from udaseg.models.normalization import InputNormalization
-from udaseg.models.resnet import DEPTH_BLOCKS, CaffeResNet
+from udaseg.models.resnet import DEPTH_BLOCKS, CaffeResNet, make_batch_norm
 from udaseg.registry import MODELS
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -254,6 +254,9 @@ class DeepLabV2Config:
     # "aspp_sum": Classifier_Module (summed ASPP); "proda": ProDA's Classifier_Module2 (§1.4)
     head: Literal["aspp_sum", "proda"] = "aspp_sum"
     bn: Literal["half_frozen", "frozen", "trainable"] = "half_frozen"  # REFERENCE §7.2
+    # ProDA's --bn_clr (REFERENCE §1.4): an extra BatchNorm `bn_pretrain` on layer4's output, which
+    # its SimCLR-initialised stage-2/3 students (and the released stage-2/3 files) carry.
+    layer4_output_bn: bool = False
     input_normalization: Literal["caffe_bgr", "imagenet", "unit"] = "caffe_bgr"
     init: str | None = None  # init weights: path, URL or known file name (models/weights.py)
     init_sha256: str | None = None  # expected sha256 of the init file
@@ -286,6 +289,8 @@ class DeepLabV2(CaffeResNet):
         head: "aspp_sum" (`ClassifierModule`, the classifier reads layer4 directly) or "proda"
             (`ProDAClassifierModule`, single-level only, with a decoder of
             `proda_decoder_channels(width)` channels: 256 at the released width 64).
+        layer4_output_bn: normalise layer4's output with an extra BatchNorm `bn_pretrain` (in
+            the `bn` mode) before the main head, as ProDA's `--bn_clr` students do.
 
     Attributes:
         num_classes, multi_level, head_type,
@@ -309,6 +314,7 @@ class DeepLabV2(CaffeResNet):
         bn: str = "half_frozen",
         input_normalization: str = "caffe_bgr",
         head: str = "aspp_sum",
+        layer4_output_bn: bool = False,
     ) -> None:
         super().__init__(blocks=blocks, width=width, bn=bn)
         if num_classes < 1:
@@ -343,8 +349,11 @@ class DeepLabV2(CaffeResNet):
             )
             self.feature_channels = self.stage_channels[3]
             self.head_prefixes = ("layer5.",)
-        # Keys an init file may lack or carry with other shapes: the heads (REFERENCE §1.3).
-        self.init_optional_prefixes = self.head_prefixes
+        self.bn_pretrain: nn.Module | None = None
+        self.set_layer4_output_bn(layer4_output_bn)
+        # Keys an init file may lack or carry with other shapes: the heads (REFERENCE §1.3) and
+        # the extra BN, which ImageNet and SimCLR files do not have (ProDA leaves it at 1 / 0).
+        self.init_optional_prefixes = (*self.head_prefixes, "bn_pretrain.")
         self.initialize_weights()
         self.config: DeepLabV2Config | None = None
 
@@ -364,9 +373,20 @@ class DeepLabV2(CaffeResNet):
             bn=config.bn,
             input_normalization=config.input_normalization,
             head=config.head,
+            layer4_output_bn=config.layer4_output_bn,
         )
         model.config = config
         return model
+
+    def set_layer4_output_bn(self, enabled: bool) -> None:
+        """Add (freshly initialised: weight 1, bias 0, running mean 0, var 1) or remove the
+        extra BatchNorm `bn_pretrain` on layer4's output. ProDA's stage-2 teacher is the
+        stage-1 model, which has none while its student has one (`--bn_clr` without
+        `--ema_bn`), so a teacher copied from the student may need it removed."""
+        if enabled and self.bn_pretrain is None:
+            self.bn_pretrain = make_batch_norm(self.stage_channels[3], self.bn_mode)
+        elif not enabled:
+            self.bn_pretrain = None
 
     @property
     def head(self) -> nn.Module:
@@ -374,7 +394,10 @@ class DeepLabV2(CaffeResNet):
         return self.layer6 if self.multi_level else self.layer5
 
     def head_modules(self) -> list[nn.Module]:
-        return [self.layer5, self.layer6] if self.multi_level else [self.layer5]
+        """The classifier head(s), plus the extra layer4 BN, which ProDA trains with its head
+        (`get_10x_lr_params` lists `bn_pretrain` first)."""
+        heads = [self.layer5, self.layer6] if self.multi_level else [self.layer5]
+        return heads if self.bn_pretrain is None else [self.bn_pretrain, *heads]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters to optimise, split as the papers do (REFERENCE §1.1 "Parameter groups").
@@ -399,10 +422,12 @@ class DeepLabV2(CaffeResNet):
                 (h = 65 for H = 512 because of the ceil-mode max-pool);
             "aux_logits": [B, num_classes, h, w] from the layer3 head (multi-level only);
             "features": [B, feature_channels, h, w], what the main classifier reads: the
-                layer4 output for "aspp_sum" (its ASPP convs read layer4 directly), the
+                layer4 output (after `bn_pretrain` when present) for "aspp_sum" (its ASPP convs read layer4 directly), the
                 decoder output after dropout for "proda" (ProDA's `feat`).
         """
         layer3, layer4 = self.forward_stages(self.normalize(images))
+        if self.bn_pretrain is not None:
+            layer4 = self.bn_pretrain(layer4)
         if self.head_type == "proda":
             logits, features = self.layer5.forward_with_features(layer4)
         else:

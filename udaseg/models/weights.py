@@ -895,11 +895,18 @@ def _diagnose(state_dict: dict[str, torch.Tensor], segmentor: nn.Module) -> list
         ]
     model_is_proda = getattr(segmentor, "head_type", None) == "proda"
     file_is_proda = any(k.startswith(("layer5.bottleneck.", "layer5.head.")) for k in keys)
-    if any(k.startswith("bn_pretrain.") for k in keys):
+    file_has_bn = any(k.startswith("bn_pretrain.") for k in keys)
+    model_has_bn = getattr(segmentor, "bn_pretrain", None) is not None
+    if file_has_bn and not model_has_bn:
         return [
-            "this is a ProDA --bn_clr student (an extra BatchNorm `bn_pretrain` after layer4), "
-            "which udaseg's deeplabv2 does not implement"
+            "this is a ProDA --bn_clr model (an extra BatchNorm `bn_pretrain` after layer4): "
+            "set model.layer4_output_bn=true"
         ]
+    if model_has_bn and not file_has_bn and any(k.startswith("layer4.") for k in keys):
+        hints.append(
+            "the checkpoint has no `bn_pretrain` BatchNorm after layer4: set "
+            "model.layer4_output_bn=false"
+        )
     if file_is_proda and not model_is_proda:
         return [
             "this is ProDA's Classifier_Module2 head (REFERENCE §1.4): set model.head=proda "
