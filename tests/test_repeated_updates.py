@@ -99,3 +99,34 @@ def test_a_run_with_repeated_updates_moves_the_backbone_further(tmp_path) -> Non
     assert moved[True][block] == pytest.approx(5.61 * moved[False][block], rel=1e-4)
     assert moved[True][stem] == pytest.approx(moved[False][stem], rel=1e-4)
     assert moved[True][head] == pytest.approx(moved[False][head], rel=1e-4)
+
+
+RELEASED_WALK = [  # configs whose paper's code builds its SGD list with the modules() walk
+    "adaptsegnet_single_gta5_cityscapes",
+    "adaptsegnet_multi_gta5_cityscapes",
+    "adaptsegnet_feature_gta5_cityscapes",
+    "adaptsegnet_multi_synthia_camvid",
+    "minent_gta5_cityscapes",
+    "advent_gta5_cityscapes",
+    "advent_minent_gta5_cityscapes",
+    "bdl_gta5_cityscapes",
+    "fda_gta5_cityscapes",
+    "fda_beta005_gta5_cityscapes",
+    "fda_beta009_gta5_cityscapes",
+    "fda_mbt_self_training_gta5_cityscapes",
+]
+
+
+def test_exactly_the_released_walk_configs_repeat_backbone_updates() -> None:
+    from udaseg.config import PACKAGED_CONFIGS, load_config
+
+    repeating = sorted(
+        path.stem
+        for path in (PACKAGED_CONFIGS / "experiments").glob("*.yaml")
+        if (segmentor := load_config(path).optim.get("segmentor")) is not None
+        and segmentor.repeated_backbone_updates
+    )
+    assert repeating == sorted(RELEASED_WALK)
+    for path in (PACKAGED_CONFIGS / "toy").glob("*.yaml"):
+        segmentor = load_config(path).optim.get("segmentor")
+        assert segmentor is None or not segmentor.repeated_backbone_updates, path.name
