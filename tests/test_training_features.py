@@ -71,6 +71,26 @@ def test_each_optimizer_follows_its_own_schedule_and_is_logged(
     assert all(record["memory/peak_mb"] > 0 for record in records)
 
 
+def test_linear_decay_is_constant_then_linear_to_zero() -> None:
+    from udaseg.config import ScheduleConfig
+    from udaseg.engine.optim import lr_factor
+
+    # CycleGAN's niter = niter_decay: 1 for the first half of 8 steps, then 4/4, 3/4, ... 1/4.
+    halves = ScheduleConfig(name="linear_decay")
+    factors = [lr_factor(step, halves, train_steps=8) for step in range(8)]
+    assert factors == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    early = ScheduleConfig(name="linear_decay", decay_start=2, total_steps=10)
+    assert lr_factor(1, early, 99) == 1.0
+    assert lr_factor(6, early, 99) == pytest.approx(0.5)  # (10 - 6) / (10 - 2)
+    assert lr_factor(12, early, 99) == 0.0  # past the horizon: never negative
+    with pytest.raises(ConfigError, match="decay_start: must be below total_steps"):
+        config_from_dict(
+            {"schedule": {"name": "linear_decay", "decay_start": 10, "total_steps": 10}}
+        )
+    with pytest.raises(ConfigError, match="decay_start: must be below the total steps"):
+        lr_factor(0, ScheduleConfig(name="linear_decay", decay_start=8), train_steps=8)
+
+
 def test_an_optimizer_for_no_module_is_an_error(tiny_root: Path, tmp_path: Path) -> None:
     raw = tiny_config(
         tiny_root, tmp_path / "run", method={"name": "adaptsegnet"}, optim={"discriminatr": {}}

@@ -151,13 +151,16 @@ class DataConfig:
 class ScheduleConfig:
     """Learning-rate schedule (`schedule`, or `optim.<name>.schedule` for one optimizer)."""
 
-    name: Literal["poly", "constant", "step"] = "poly"
+    name: Literal["poly", "constant", "step", "linear_decay"] = "poly"
     total_steps: int | None = (
         None  # poly horizon; None = train.steps (AdaptSegNet: 250k, stops at 150k)
     )
     power: float = 0.9  # poly: lr * (1 - step / total_steps) ** power
     step_size: int = 50000  # step: lr * gamma ** (step // step_size)
     gamma: float = 0.1
+    # linear_decay (CycleGAN's `--niter` / `--niter_decay`): lr until this step, then linearly to
+    # 0 at total_steps; None = half of total_steps (niter = niter_decay, as BDL's F)
+    decay_start: int | None = None
     warmup_steps: int = 0  # linear warm-up from warmup_ratio * lr
     warmup_ratio: float = 1e-6
 
@@ -166,6 +169,14 @@ class ScheduleConfig:
         check_range(self, "power", minimum=0)
         check_range(self, "step_size", minimum=1)
         check_range(self, "gamma", above=0)
+        check_range(self, "decay_start", minimum=0)
+        if None not in (self.decay_start, self.total_steps) and (
+            self.decay_start >= self.total_steps
+        ):
+            raise ConfigError(
+                f"decay_start: must be below total_steps ({self.total_steps}), "
+                f"got {self.decay_start}"
+            )
         check_range(self, "warmup_steps", minimum=0)
         check_range(self, "warmup_ratio", minimum=0, maximum=1)
 

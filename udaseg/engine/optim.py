@@ -143,13 +143,22 @@ def lr_factor(step: int, schedule: ScheduleConfig, train_steps: int) -> float:
 
     poly: (1 - step / total_steps) ** power, as AdaptSegNet's lr_poly computes it before each
     iteration; total_steps may exceed train.steps (AdaptSegNet decays over 250k and stops at
-    150k). A linear warm-up from warmup_ratio multiplies the first warmup_steps (DAFormer).
+    150k). linear_decay: 1 until decay_start, then (total - step) / (total - decay_start), per
+    step (CycleGAN changes its rate once per epoch; docs/methods/bdl.md). A linear warm-up from
+    warmup_ratio multiplies the first warmup_steps (DAFormer).
     """
     total = schedule.total_steps or train_steps
     if schedule.name == "poly":
         factor = max(0.0, 1.0 - step / total) ** schedule.power
     elif schedule.name == "step":
         factor = schedule.gamma ** (step // schedule.step_size)
+    elif schedule.name == "linear_decay":
+        start = total // 2 if schedule.decay_start is None else schedule.decay_start
+        if start >= total:
+            raise ConfigError(
+                f"schedule decay_start: must be below the total steps ({total}), got {start}"
+            )
+        factor = min(1.0, max(0.0, (total - step) / (total - start)))
     else:
         factor = 1.0
     if step < schedule.warmup_steps:
