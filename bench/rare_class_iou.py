@@ -14,31 +14,26 @@ seeds in the summary), rarest first, with each class's share of the source pixel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
+from udaseg.config import load_config
+from udaseg.data.label_spaces import get_label_space
+from udaseg.pseudo_labels import source_label_maps
 from udaseg.reporting import mean_std
 
 
 def source_class_pixels(config_path: str) -> tuple[list[str], np.ndarray]:
     """(class names, int64 [C] pixel counts) of a config's data.source labels (void excluded)."""
-    from udaseg.config import load_config
-    from udaseg.data.datasets import build_dataset
-    from udaseg.data.label_spaces import get_label_space
-
-    config = load_config(config_path, [])
-    source = dataclasses.replace(config.data.source, crop=None, random_scale=None, flip=False)
-    label_space = get_label_space(config.data.label_space)
-    dataset = build_dataset(source, label_space, "source")
-    counts = np.zeros(label_space.num_classes, dtype=np.int64)
-    for index in range(len(dataset)):
-        label = np.asarray(dataset[index]["label"]).ravel()
-        label = label[label < label_space.num_classes]
-        counts += np.bincount(label, minlength=label_space.num_classes)
-    return list(label_space.class_names), counts
+    num_classes, maps = source_label_maps(config_path)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for label in maps:
+        label = label.numpy().ravel()
+        counts += np.bincount(label[label < num_classes], minlength=num_classes)
+    names = get_label_space(load_config(config_path, []).data.label_space).class_names
+    return list(names), counts
 
 
 def rare_class_table(

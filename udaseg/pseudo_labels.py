@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +402,18 @@ def source_spatial_prior(
     Returns:
         float32 [C, H, W], see `spatial_prior`.
     """
+    num_classes, maps = source_label_maps(config_path, overrides)
+    return spatial_prior(maps, num_classes, size)
+
+
+def source_label_maps(
+    config_path: str | Path, overrides: list[str] | None = None
+) -> tuple[int, Iterator[torch.Tensor]]:
+    """A config's `data.source` label maps, whole (without crop, scale or flip).
+
+    Returns:
+        (C, the maps one by one: int64 [H, W] train ids, void = the label space's ignore value).
+    """
     import dataclasses
 
     from udaseg.config import load_config
@@ -410,12 +422,11 @@ def source_spatial_prior(
 
     config = load_config(config_path, overrides or [])
     if config.data.source is None:
-        raise ConfigError(f"{config_path}: config key data.source: missing; the prior needs labels")
+        raise ConfigError(f"{config_path}: config key data.source: missing; it has no labels")
     source = dataclasses.replace(config.data.source, crop=None, random_scale=None, flip=False)
     label_space = get_label_space(config.data.label_space)
     dataset = build_dataset(source, label_space, "source")
-    maps = (dataset[index]["label"] for index in range(len(dataset)))
-    return spatial_prior(maps, label_space.num_classes, size)
+    return label_space.num_classes, (dataset[index]["label"] for index in range(len(dataset)))
 
 
 class ConfidenceHistogram:
