@@ -64,7 +64,16 @@ def picture(
         size = fda_window_size(height, width, beta)
         translated = fda_source_to_target(source, target, beta, window)
         columns.append((f"beta {beta:g} (b={size})", translated))
-    rows = source.shape[0]
+    return draw_grid(columns)
+
+
+def draw_grid(columns: list[tuple[str, torch.Tensor]]) -> np.ndarray:
+    """Captioned columns of float [N, 3, H, W] 0..255 images (clamped for display), one per row.
+
+    Returns:
+        uint8 [CAPTION + N * (H + GAP), len(columns) * (W + GAP), 3].
+    """
+    rows, _, height, width = columns[0][1].shape
     canvas = Image.new(
         "RGB", (len(columns) * (width + GAP), CAPTION + rows * (height + GAP)), (255, 255, 255)
     )
