@@ -49,7 +49,26 @@ from udaseg.registry import METHODS
 
 
 @dataclass
-class ProDAConfig:
+class StrongViewOptions:
+    """The target-loss stride and strong view that every ProDA stage shares (base of its configs)."""
+
+    loss_stride: int = 4  # target losses at 1/loss_stride of the crop (ProDA: 1/4)
+    strong_num_ops: int = 2  # RandAugmentMC(2, 10)
+    strong_magnitude: int = 10
+    cutout_fraction: float = 1.0 / 3.0  # CutoutAbs side = min(H, W) x this (ProDA: // 3)
+    cutout_fill: float = 127.0  # grey, as ProDA's CutoutAbs
+
+    def validate_strong_view(self) -> None:
+        if self.loss_stride < 1:
+            raise ConfigError(f"loss_stride: must be >= 1, got {self.loss_stride}")
+        if not 0.0 < self.cutout_fraction <= 1.0:
+            raise ConfigError(f"cutout_fraction: must be in (0, 1], got {self.cutout_fraction}")
+        if self.strong_magnitude < 2:
+            raise ConfigError(f"strong_magnitude: must be >= 2, got {self.strong_magnitude}")
+
+
+@dataclass
+class ProDAConfig(StrongViewOptions):
     name: str = "proda"
     lambda_seg_aux: float = 0.1  # aux-head CE weight on source, multi-level models only
     rectify: bool = True  # --proto_rectify: prototype weights on p_t0 (False: argmax p_t0)
@@ -67,11 +86,6 @@ class ProDAConfig:
     # as k); "image_mean" = calc_prototype.py's mean of per-image class means.
     prototype_init: Literal["pixel_mean", "image_mean"] = "pixel_mean"
     minimum_pixels: int = 10  # a class needs this many pixels in an image for its image mean
-    loss_stride: int = 4  # target losses at 1/loss_stride of the crop (ProDA: 1/4)
-    strong_num_ops: int = 2  # RandAugmentMC(2, 10)
-    strong_magnitude: int = 10
-    cutout_fraction: float = 1.0 / 3.0  # CutoutAbs side = min(H, W) x this (ProDA: // 3)
-    cutout_fill: float = 127.0  # grey, as ProDA's CutoutAbs
 
     def validate(self) -> None:
         check_non_negative(self, "lambda_seg_aux", "sce_alpha", "sce_beta", "lambda_structure")
@@ -80,12 +94,7 @@ class ProDAConfig:
             raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.ema_alpha <= 1.0:
             raise ConfigError(f"ema_alpha: must be in [0, 1], got {self.ema_alpha}")
-        if self.loss_stride < 1:
-            raise ConfigError(f"loss_stride: must be >= 1, got {self.loss_stride}")
-        if not 0.0 < self.cutout_fraction <= 1.0:
-            raise ConfigError(f"cutout_fraction: must be in (0, 1], got {self.cutout_fraction}")
-        if self.strong_magnitude < 2:
-            raise ConfigError(f"strong_magnitude: must be >= 2, got {self.strong_magnitude}")
+        self.validate_strong_view()
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -32,13 +32,13 @@ from udaseg.methods.base import (
     check_non_negative,
     require_pseudo_labels,
 )
-from udaseg.methods.proda import _resize, _resize_labels, strong_view
+from udaseg.methods.proda import StrongViewOptions, _resize, _resize_labels, strong_view
 from udaseg.methods.teachers import frozen_copy
 from udaseg.registry import METHODS
 
 
 @dataclass
-class ProDADistillConfig:
+class ProDADistillConfig(StrongViewOptions):
     name: str = "proda_distill"
     lambda_seg_aux: float = 0.1  # aux-head CE weight on source, multi-level models only
     lambda_distillation: float = 1.0  # --distillation: weight of the KL to the teacher
@@ -49,11 +49,6 @@ class ProDADistillConfig:
     sce_alpha: float = 1.0  # target CE weight (stages 2-3 run without --rce)
     sce_beta: float = 0.0  # reverse-CE weight (--rce adds it with 0.1 / 1.0)
     strong_view: bool = True  # --S_pseudo 1: train on the strong view (False: the weak view)
-    loss_stride: int = 4  # target losses at 1/loss_stride of the crop (ProDA: 1/4)
-    strong_num_ops: int = 2  # RandAugmentMC(2, 10)
-    strong_magnitude: int = 10
-    cutout_fraction: float = 1.0 / 3.0  # CutoutAbs side = min(H, W) x this
-    cutout_fill: float = 127.0
     # --ema_bn: whether the teacher carries the extra layer4 BatchNorm (`model.layer4_output_bn`,
     # --bn_clr). ProDA's stage-2 teacher (the stage-1 model) has none, its stage-3 teacher (a
     # --bn_clr stage-2 student) has one. None: as the student.
@@ -61,12 +56,7 @@ class ProDADistillConfig:
 
     def validate(self) -> None:
         check_non_negative(self, "lambda_seg_aux", "lambda_distillation", "sce_alpha", "sce_beta")
-        if self.loss_stride < 1:
-            raise ConfigError(f"loss_stride: must be >= 1, got {self.loss_stride}")
-        if not 0.0 < self.cutout_fraction <= 1.0:
-            raise ConfigError(f"cutout_fraction: must be in (0, 1], got {self.cutout_fraction}")
-        if self.strong_magnitude < 2:
-            raise ConfigError(f"strong_magnitude: must be >= 2, got {self.strong_magnitude}")
+        self.validate_strong_view()
 
 
 @METHODS.register("proda_distill")
