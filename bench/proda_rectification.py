@@ -105,6 +105,31 @@ def main() -> None:
             3,
         ),
     }
+    # Where rectification moves labels: the largest (from, to) class pairs, with how many of
+    # the moved pixels each hard label got right.
+    moved = valid & (rectified != predictions)
+    pairs = predictions[moved] * classes + rectified[moved]
+    counts = torch.bincount(pairs, minlength=classes * classes)
+    names = space.class_names
+    report["largest_moves"] = []
+    for pair in counts.argsort(descending=True)[:5].tolist():
+        if counts[pair] == 0:
+            break
+        before, after = divmod(pair, classes)
+        where = moved & (predictions == before) & (rectified == after)
+        report["largest_moves"].append(
+            {
+                "from": names[before],
+                "to": names[after],
+                "percent_of_pixels": round(100 * counts[pair].item() / valid.sum().item(), 2),
+                "correct_before_percent": round(
+                    100 * (labels[where] == before).float().mean().item(), 1
+                ),
+                "correct_after_percent": round(
+                    100 * (labels[where] == after).float().mean().item(), 1
+                ),
+            }
+        )
     print(json.dumps(report, indent=1))
 
 
